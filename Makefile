@@ -1,0 +1,49 @@
+# The README's commands. Every target installs what it needs, so each works on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv never downloads an interpreter: Python 3.13 comes from the machine (PATH, or pyenv's versions).
+export UV_PYTHON_DOWNLOADS := never
+export DAGSTER_HOME := $(CURDIR)/.dagster
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTHON = $(shell for candidate in python3.13 $$(command -v pyenv >/dev/null && ls -d "$$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -1); do \
+	"$$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && { command -v "$$candidate"; break; }; done)
+RUN = $(UV) run --frozen --python "$(PYTHON)"
+
+.PHONY: help install demo test lint format dev sandbox bench
+
+help:
+	@echo "make demo   install, then run daily_revenue_job on the embedded sandbox over the last 7 days"
+	@echo "make test   lint, check the definitions, and run the test suite"
+	@echo "make dev    the Dagster UI on http://127.0.0.1:3000 with the sandbox behind it"
+	@echo "make bench  the benchmarks in bench/ (slow; run by hand)"
+
+install:
+	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -n "$(PYTHON)" || { echo "Python 3.13 not found: install it (e.g. 'pyenv install 3.13') and retry." >&2; exit 1; }
+	@$(UV) sync --frozen --python "$(PYTHON)" --quiet
+	@mkdir -p "$(DAGSTER_HOME)" && ln -sf ../dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+
+demo: install
+	$(RUN) python -m revenue_pipelines.demo
+
+test: install lint
+	$(RUN) dg check defs
+	$(RUN) pytest
+
+lint: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+dev: install
+	$(RUN) python -m revenue_pipelines.sandbox run -- dg dev --host 127.0.0.1 --port 3000
+
+sandbox: install
+	$(RUN) python -m revenue_pipelines.sandbox serve
+
+bench: install
+	$(RUN) python bench/ingest_hubspot.py

@@ -1,0 +1,1 @@
+"""revenue_pipelines: CRM, analytics and warehouse data, checked and unified, orchestrated by Dagster."""

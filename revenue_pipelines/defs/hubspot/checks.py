@@ -1,0 +1,64 @@
+"""What a valid HubSpot record is: the Pandera models behind the blocking `rows_match_schema` checks.
+
+A model declares each column's type (text from the API is parsed into it) and its rules; rows that
+break either land in the table's quarantine with the reason.
+"""
+
+import pandera.polars as pa
+import polars as pl
+
+UTC_MS = pl.Datetime(time_unit="ms", time_zone="UTC")
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+DOMAIN = r"^[a-z0-9-]+(\.[a-z0-9-]+)+$"
+CURRENCY = r"^[A-Z]{3}$"
+
+
+class HubSpotRecord(pa.DataFrameModel):
+    """Columns every HubSpot object shares."""
+
+    id: pl.Int64 = pa.Field(nullable=False, unique=True, gt=0)
+    archived: pl.Boolean = pa.Field(nullable=False)
+    archived_at: UTC_MS = pa.Field(nullable=True)
+    updated_at: UTC_MS = pa.Field(nullable=False)
+    changed_at: UTC_MS = pa.Field(nullable=False)
+    createdate: UTC_MS = pa.Field(nullable=False)
+    hubspot_owner_id: pl.Int64 = pa.Field(nullable=True)
+
+    class Config:
+        strict = False  # association lists and the partition column pass through
+
+
+class Contact(HubSpotRecord):
+    email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL)
+    firstname: pl.Utf8 = pa.Field(nullable=True)
+    lastname: pl.Utf8 = pa.Field(nullable=True)
+    phone: pl.Utf8 = pa.Field(nullable=True)
+    company: pl.Utf8 = pa.Field(nullable=True)
+    jobtitle: pl.Utf8 = pa.Field(nullable=True)
+    lifecyclestage: pl.Utf8 = pa.Field(nullable=True)
+    hs_lead_status: pl.Utf8 = pa.Field(nullable=True)
+    hs_analytics_source: pl.Utf8 = pa.Field(nullable=True)
+    hs_analytics_source_data_1: pl.Utf8 = pa.Field(nullable=True)
+    lastmodifieddate: UTC_MS = pa.Field(nullable=False)
+
+
+class Company(HubSpotRecord):
+    name: pl.Utf8 = pa.Field(nullable=True)
+    domain: pl.Utf8 = pa.Field(nullable=True, str_matches=DOMAIN)
+    industry: pl.Utf8 = pa.Field(nullable=True)
+    city: pl.Utf8 = pa.Field(nullable=True)
+    country: pl.Utf8 = pa.Field(nullable=True)
+    numberofemployees: pl.Int64 = pa.Field(nullable=True, ge=0)
+    annualrevenue: pl.Float64 = pa.Field(nullable=True, ge=0)
+    lifecyclestage: pl.Utf8 = pa.Field(nullable=True)
+    hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)
+
+
+class Deal(HubSpotRecord):
+    dealname: pl.Utf8 = pa.Field(nullable=True)
+    pipeline: pl.Utf8 = pa.Field(nullable=False)
+    dealstage: pl.Utf8 = pa.Field(nullable=False)
+    amount: pl.Float64 = pa.Field(nullable=True, ge=0)
+    deal_currency_code: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
+    closedate: UTC_MS = pa.Field(nullable=True)
+    hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)

@@ -1,0 +1,1 @@
+"""Building blocks shared by every source: partitions, validation with quarantine, IO managers."""
