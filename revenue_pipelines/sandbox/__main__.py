@@ -1,0 +1,84 @@
+"""Run the sandbox from a shell.
+
+python -m revenue_pipelines.sandbox serve --port 8765
+python -m revenue_pipelines.sandbox run -- dagster job execute -m revenue_pipelines.definitions -j ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from datetime import date
+
+from revenue_pipelines.sandbox import Sandbox
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m revenue_pipelines.sandbox", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve until Ctrl-C or SIGTERM, printing the environment to use")
+    _add_sandbox_options(serve, default_port=8765)
+    run = commands.add_parser("run", help="run a command against a fresh sandbox and exit with its status")
+    _add_sandbox_options(run, default_port=0)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+
+    sandbox = Sandbox(
+        seed=args.seed,
+        companies=args.companies,
+        days=args.days,
+        end_date=args.end_date,
+        rate_limit_per_10s=None if args.no_rate_limit else 190,
+        port=args.port,
+    )
+    if args.command == "serve":
+        return _serve(sandbox)
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        parser.error("run needs a command after --")
+    return _run(sandbox, command)
+
+
+def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--port", type=int, default=default_port, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--companies", type=int, default=300, help="about 5 contacts and 2 deals per company")
+    parser.add_argument("--days", type=int, default=30, help="days of modifications, ending with --end-date")
+    parser.add_argument("--end-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD, default yesterday UTC")
+    parser.add_argument("--no-rate-limit", action="store_true")
+
+
+def _serve(sandbox: Sandbox) -> int:
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    with sandbox:
+        for name, value in sandbox.env().items():
+            print(f"export {name}={shlex.quote(value)}", flush=True)
+        print(f"# HubSpot sandbox on {sandbox.url}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        stopped.wait()
+    return 0
+
+
+def _run(sandbox: Sandbox, command: list[str]) -> int:
+    """Run `command` with the sandbox's environment. Ctrl-C reaches the child from the terminal
+    by itself, so the parent only waits; SIGTERM is passed on."""
+    with sandbox:
+        try:
+            child = subprocess.Popen(command, env={**os.environ, **sandbox.env()})  # noqa: S603 - the user's own command
+        except OSError as error:
+            print(f"cannot run {command[0]!r}: {error}", file=sys.stderr)
+            return 127
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum))
+        status = child.wait()
+    return 128 - status if status < 0 else status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
