@@ -53,26 +53,30 @@ def raw_table_asset(
         "metadata": {"partition_expr": PARTITION_COLUMN},
     }
 
+    raw_spec = dg.AssetSpec(
+        raw_key,
+        description=description,
+        freshness_policy=dg.FreshnessPolicy.time_window(
+            fail_window=timedelta(hours=48), warn_window=timedelta(hours=26)
+        ),
+        **common,
+    )
+    quarantine_spec = dg.AssetSpec(
+        quarantine_key,
+        description=(
+            f"Rows of {raw_key.to_user_string()} that failed validation, exactly as received, "
+            "with the reason per row. Rows in = rows out + rows quarantined."
+        ),
+        **common,
+    )
+
     @dg.multi_asset(
         name=f"{source}_{table}",
-        specs=[
-            dg.AssetSpec(
-                raw_key,
-                description=description,
-                freshness_policy=dg.FreshnessPolicy.time_window(
-                    fail_window=timedelta(hours=48), warn_window=timedelta(hours=26)
-                ),
-                **common,
-            ),
-            dg.AssetSpec(
-                quarantine_key,
-                description=(
-                    f"Rows of {raw_key.to_user_string()} that failed validation, exactly as received, "
-                    "with the reason per row. Rows in = rows out + rows quarantined."
-                ),
-                **common,
-            ),
-        ],
+        # Outs rather than bare specs: the frames go through the IO manager, so they need a type.
+        outs={
+            "raw": dg.AssetOut.from_spec(raw_spec, dagster_type=pl.DataFrame),
+            "quarantine": dg.AssetOut.from_spec(quarantine_spec, dagster_type=pl.DataFrame),
+        },
         check_specs=[
             dg.AssetCheckSpec(
                 SCHEMA_CHECK,
@@ -102,7 +106,7 @@ def raw_table_asset(
             asset_key=raw_key,
             value=valid,
             metadata={
-                "dagster/row_count": valid.height,
+                "rows": valid.height,
                 "quarantined_rows": validated.quarantined.height,
                 **window,
                 **read_metadata,
@@ -112,7 +116,7 @@ def raw_table_asset(
         yield dg.MaterializeResult(
             asset_key=quarantine_key,
             value=validated.quarantined,
-            metadata={"dagster/row_count": validated.quarantined.height, **window},
+            metadata={"rows": validated.quarantined.height, **window},
         )
         yield check_result(raw_key, validated, SCHEMA_CHECK)
 

@@ -11,11 +11,15 @@ import dagster as dg
 import polars as pl
 import urllib3
 from hubspot import HubSpot
+from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsApiException
+from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.discovery.discovery_base import DiscoveryBase
 from pydantic import Field, PrivateAttr
 
 HUBSPOT_API = "https://api.hubapi.com"
 RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
+PERMANENT_STATUSES = (400, 401, 403, 404)
+API_EXCEPTIONS = (ObjectsApiException, AssociationsApiException)  # each API package has its own
 SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum for search
 LIST_PAGE_LIMIT = 100  # HubSpot's maximum for the object list
 ASSOCIATION_BATCH_LIMIT = 1000  # HubSpot's maximum inputs per association batch read
@@ -203,8 +207,22 @@ class HubSpotResource(dg.ConfigurableResource):
         return links
 
     def _call(self, stats: WindowStats, operation: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One API call through the client, answered as raw JSON."""
-        response = operation(*args, _preload_content=False, **kwargs)
+        """One API call through the client, answered as raw JSON.
+
+        A refusal that no retry can fix (bad token, missing scope, invalid request) fails the step
+        at once, bypassing the step's RetryPolicy; throttling and server errors that outlasted the
+        connector's own retries propagate, so the RetryPolicy tries the step again later.
+        """
+        try:
+            response = operation(*args, _preload_content=False, **kwargs)
+        except API_EXCEPTIONS as error:
+            if error.status not in PERMANENT_STATUSES:
+                raise
+            raise dg.Failure(
+                description=f"HubSpot refused {operation.__name__} on {self.host} with {error.status} "
+                f"{error.reason}: {_error_message(error.body)}",
+                allow_retries=False,
+            ) from None
         stats.requests += 1
         stats.retries += len(response.retries.history) if response.retries else 0
         return json.loads(response.data)
@@ -224,9 +242,20 @@ class HubSpotResource(dg.ConfigurableResource):
             },
             schema={"id": text, "archived": pl.Boolean, "archived_at": text, "updated_at": text},
         )
-        return pl.concat([envelope.select("id"), properties, envelope.drop("id")], how="horizontal").with_columns(
-            changed_at=pl.coalesce("archived_at", "updated_at")
+        return (
+            envelope.select("id")
+            .hstack(properties)
+            .hstack(envelope.drop("id"))
+            .with_columns(changed_at=pl.coalesce("archived_at", "updated_at"))
         )
+
+
+def _error_message(body: bytes | str | None) -> str:
+    """HubSpot's own explanation from an error body, falling back to the body itself."""
+    try:
+        return str(json.loads(body or "{}").get("message") or body)
+    except ValueError:
+        return str(body)[:500]
 
 
 def _epoch_ms(instant: datetime) -> int:

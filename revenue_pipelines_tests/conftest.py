@@ -1,0 +1,97 @@
+"""Shared fixtures: a sandbox per test, and helpers to run the HubSpot assets against it."""
+
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_contacts, hubspot_deals
+from revenue_pipelines.defs.hubspot.resources import HubSpotResource
+from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+from revenue_pipelines.sandbox import Sandbox
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+END = date(2026, 11, 20)
+HUBSPOT_ASSETS = [hubspot_contacts, hubspot_companies, hubspot_deals]
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
+    started: list[Sandbox] = []
+
+    def start(**options) -> Sandbox:
+        options.setdefault("end_date", END)
+        options.setdefault("rate_limit_per_10s", None)
+        sandbox = Sandbox(**options)
+        sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in started:
+        sandbox.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_factory) -> Sandbox:
+    return sandbox_factory(seed=11, companies=60, days=10)
+
+
+def hubspot_resource(sandbox: Sandbox, **overrides) -> HubSpotResource:
+    """The production resource, aimed at the sandbox, with test-sized backoffs."""
+    config = {
+        "access_token": sandbox.token,
+        "host": sandbox.url,
+        "backoff_factor_seconds": 0.05,
+        "backoff_max_seconds": 1.0,
+        "timeout_seconds": 5.0,
+        **overrides,
+    }
+    return HubSpotResource(**config)
+
+
+def day_range(first: date, last: date) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat(),
+    }
+
+
+def materialize_hubspot(
+    sandbox: Sandbox,
+    data_dir: Path,
+    first: date,
+    last: date,
+    assets: list | None = None,
+    resource: HubSpotResource | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One single-run backfill of [first, last] through the real client against the sandbox."""
+    return dg.materialize(
+        assets or HUBSPOT_ASSETS,
+        resources={
+            "hubspot": resource or hubspot_resource(sandbox),
+            "io_manager": PartitionedParquetIOManager(base_dir=str(data_dir)),
+        },
+        tags=day_range(first, last),
+        raise_on_error=False,
+    )
+
+
+def read_layer(data_dir: Path, layer: str, table: str) -> pl.DataFrame:
+    files = sorted((data_dir / "hubspot" / layer / table).glob("*.parquet"))
+    return pl.concat([pl.read_parquet(path) for path in files], how="vertical_relaxed")
+
+
+def expected_ids(sandbox: Sandbox, table: str, first: date, last: date) -> list[int]:
+    """Ground truth: records whose last change (archive time if archived) falls in [first, last]."""
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    truth = sandbox.hubspot.truth(table).with_columns(
+        changed=pl.when(pl.col("archived")).then(pl.col("archived_at")).otherwise(pl.col("updated_at"))
+    )
+    return sorted(truth.filter((pl.col("changed") >= start) & (pl.col("changed") < end))["id"].to_list())

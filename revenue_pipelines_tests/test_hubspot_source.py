@@ -1,0 +1,199 @@
+"""HubSpot end to end: the real hubspot-api-client against the sandbox, reconciled with its ground truth."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from revenue_pipelines.defs.hubspot.assets import hubspot_contacts, hubspot_deals
+from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.lib.validation import QUARANTINE_REASON
+from revenue_pipelines_tests.conftest import (
+    END,
+    expected_ids,
+    hubspot_resource,
+    materialize_hubspot,
+    read_layer,
+)
+
+FIRST = END - timedelta(days=9)
+
+
+def _reconcile(sandbox, data_dir, table, first=FIRST, last=END) -> pl.DataFrame:
+    """Every expected record exactly once across raw + quarantine, in the partition of its change day."""
+    raw = read_layer(data_dir, "raw", table)
+    quarantined = read_layer(data_dir, "quarantine", table)
+    assert quarantined.is_empty()
+    assert raw["id"].is_duplicated().sum() == 0
+    assert sorted(raw["id"].to_list()) == expected_ids(sandbox, table, first, last)
+    assert (raw[PARTITION_COLUMN] == raw["changed_at"].dt.date()).all()
+    return raw
+
+
+def test_a_range_reconciles_with_ground_truth_including_archived_and_associations(sandbox, tmp_path):
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END)
+    assert result.success
+
+    for table in ("contacts", "companies", "deals"):
+        raw = _reconcile(sandbox, tmp_path, table)
+        truth = sandbox.hubspot.truth(table).filter(pl.col("id").is_in(raw["id"].to_list()))
+        assert raw["archived"].sum() == truth["archived"].sum() > 0
+        joined = raw.join(truth, on="id", suffix="_truth")
+        assert (joined["archived"] == joined["archived_truth"]).all()
+        assert (joined["createdate"] == joined["createdate_truth"].str.to_datetime(time_zone="UTC")).all()
+
+    contacts = read_layer(tmp_path, "raw", "contacts").filter(~pl.col("archived"))
+    links = sandbox.hubspot.truth_associations("contacts", "companies")
+    expected = links.group_by("from_id").agg(pl.col("to_id").sort().alias("expected"))
+    joined = contacts.join(expected, left_on="id", right_on="from_id", how="left")
+    assert joined.height > 0 and (joined["company_ids"] == joined["expected"]).all()
+
+    deals = read_layer(tmp_path, "raw", "deals").filter(~pl.col("archived"))
+    deal_contacts = sandbox.hubspot.truth_associations("deals", "contacts")
+    expected = deal_contacts.group_by("from_id").agg(pl.col("to_id").sort().alias("expected"))
+    joined = deals.join(expected, left_on="id", right_on="from_id", how="left")
+    assert (joined["contact_ids"] == joined["expected"]).all()
+
+    [contacts_materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
+    metadata = contacts_materialization.metadata
+    assert metadata["archived_rows"].value == read_layer(tmp_path, "raw", "contacts")["archived"].sum()
+    assert metadata["window_start"].value == "2026-11-11T00:00:00+00:00"
+    assert "| id |" in metadata["preview"].value
+
+
+def test_a_day_with_more_than_10000_changes_is_read_completely(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(seed=3, companies=50, contacts=12_000, deals=10, days=1)
+    result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_contacts])
+    assert result.success
+    raw = _reconcile(sandbox, tmp_path, "contacts", END, END)
+    assert raw.filter(~pl.col("archived")).height > 10_000
+    assert not [r for r in sandbox.requests.log() if r.status == 400]
+
+
+FAULTS = {
+    "429 with Retry-After": {"kind": "rate_limit", "retry_after": 1, "times": 2},
+    "429 without Retry-After": {"kind": "rate_limit", "retry_after": None, "times": 3},
+    "500 burst": {"kind": "status", "status": 500, "times": 4},
+    "502 burst": {"kind": "status", "status": 502, "times": 3},
+    "503 burst": {"kind": "status", "status": 503, "times": 3},
+    "dropped connection": {"kind": "drop", "times": 2},
+    "dropped mid-body": {"kind": "drop_mid_body", "times": 2},
+    "slow response": {"kind": "slow", "seconds": 0.5, "times": 2},
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_each_injected_fault_ends_in_exact_reconciliation(sandbox, tmp_path, fault):
+    fault = dict(fault)
+    # Land the faults mid-run: on search pages after the first, and on an association read.
+    handles = [
+        sandbox.faults.add(path_contains="/search", skip=1, **fault),
+        sandbox.faults.add(path_contains="/associations/", skip=0, **fault),
+    ]
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals])
+    assert result.success
+    assert sum(handle.fired for handle in handles) == 2 * fault["times"]
+    for table in ("contacts", "deals"):
+        _reconcile(sandbox, tmp_path, table)
+    retries = sum(
+        result.asset_materializations_for_node(node)[0].metadata["api_retries"].value
+        for node in ("hubspot_contacts", "hubspot_deals")
+    )
+    assert retries == (0 if fault["kind"] == "slow" else 2 * fault["times"])
+
+
+def test_the_burst_limit_is_waited_out(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(seed=5, companies=60, days=10, rate_limit_per_10s=3, rate_limit_retry_after=True)
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts])
+    assert result.success
+    assert any(r.status == 429 for r in sandbox.requests.log())
+    _reconcile(sandbox, tmp_path, "contacts")
+
+
+def test_bad_records_fail_the_blocking_check_and_sit_in_quarantine(sandbox, tmp_path):
+    window = (datetime(2026, 11, 12, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
+    bad_emails = sandbox.hubspot.malform("contacts", "bad_email", 3, within=window)
+    missing_ids = sandbox.hubspot.malform("contacts", "missing_id", 1, within=window)
+    negative = sandbox.hubspot.malform("deals", "negative_amount", 2, within=window)
+    wrong_type = sandbox.hubspot.malform("deals", "wrong_type", 1, within=window)
+
+    @dg.asset(deps=[dg.AssetKey(["hubspot", "raw", "contacts"])])
+    def downstream_of_contacts() -> None: ...
+
+    result = materialize_hubspot(
+        sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals, downstream_of_contacts]
+    )
+    assert not result.success
+    assert not result.asset_materializations_for_node("downstream_of_contacts")
+
+    evaluations = {
+        e.asset_key.to_user_string(): e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "rows_match_schema"
+    }
+    contacts_check = evaluations["hubspot/raw/contacts"]
+    assert not contacts_check.passed
+    assert contacts_check.description.startswith("hubspot/raw/contacts: 4 of ")
+    assert "email failed str_matches" in contacts_check.description and "in 3 rows" in contacts_check.description
+    assert "id failed not_nullable in 1 row" in contacts_check.description
+    deals_check = evaluations["hubspot/raw/deals"]
+    assert "amount failed greater_than_or_equal_to(0) in 2 rows" in deals_check.description
+    assert "amount failed dtype(Float64) in 1 row" in deals_check.description
+
+    for table, bad in (("contacts", set(bad_emails) | set(missing_ids)), ("deals", set(negative) | set(wrong_type))):
+        raw = read_layer(tmp_path, "raw", table)
+        quarantined = read_layer(tmp_path, "quarantine", table)
+        assert quarantined.height == len(bad)
+        assert quarantined[QUARANTINE_REASON].null_count() == 0
+        assert not set(raw["id"].to_list()) & bad
+        assert raw.height + quarantined.height == len(expected_ids(sandbox, table, FIRST, END))
+    quarantined_contacts = read_layer(tmp_path, "quarantine", "contacts")
+    assert sorted(quarantined_contacts.filter(pl.col("id").is_not_null())["email"].unique().to_list()) == [
+        "not-an-email"
+    ]
+
+
+def test_rerunning_a_range_gives_identical_output(sandbox, tmp_path):
+    assert materialize_hubspot(sandbox, tmp_path, FIRST, END).success
+    first = {table: read_layer(tmp_path, "raw", table) for table in ("contacts", "companies", "deals")}
+    assert materialize_hubspot(sandbox, tmp_path, FIRST, END).success
+    for table, frame in first.items():
+        assert read_layer(tmp_path, "raw", table).equals(frame)
+
+
+def test_schema_drift(sandbox, tmp_path):
+    sandbox.hubspot.add_property("contacts", "hs_brand_new_field", value="surprise")
+    sandbox.hubspot.remove_property("contacts", "jobtitle")
+    sandbox.hubspot.remove_property("deals", "pipeline")
+
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals])
+
+    contacts = read_layer(tmp_path, "raw", "contacts")
+    assert contacts["jobtitle"].null_count() == contacts.height
+    assert "hs_brand_new_field" not in contacts.columns
+    [materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
+    assert materialization.metadata["missing_properties"].value == "jobtitle"
+
+    # A required property that disappears quarantines every row and says which field.
+    [deals_check] = [e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "deals"]
+    assert not deals_check.passed
+    total = len(expected_ids(sandbox, "deals", FIRST, END))
+    assert f"pipeline failed not_nullable in {total} rows" in deals_check.description
+
+
+def test_a_wrong_token_fails_with_the_status_and_no_secret(sandbox, tmp_path):
+    resource = hubspot_resource(sandbox, access_token="not-the-token")
+    result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_contacts], resource=resource)
+    assert not result.success
+    message = str(result.get_step_failure_events()[0].event_specific_data.error)
+    assert "HubSpot refused do_search" in message and "401" in message
+    assert sandbox.token not in message and "not-the-token" not in message
+    assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+def test_partition_window_comes_from_the_run(sandbox, tmp_path):
+    assert materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_deals]).success
+    raw = read_layer(tmp_path, "raw", "deals")
+    assert set(raw[PARTITION_COLUMN].to_list()) <= {date(2026, 11, 20)}
+    _reconcile(sandbox, tmp_path, "deals", END, END)
