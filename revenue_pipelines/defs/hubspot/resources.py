@@ -1,7 +1,10 @@
 """HubSpot CRM v3 through hubspot-api-client: every record changed or archived in a time window."""
 
+import io
 import json
+import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +52,12 @@ class WindowStats:
     archived: int = 0
     missing_properties: list[str] = field(default_factory=list)
     """Requested properties that no record carried: removed or renamed at the source."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_request(self, retries: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += retries
 
 
 class _PreloadingPoolManager(urllib3.PoolManager):
@@ -81,9 +90,14 @@ class HubSpotResource(dg.ConfigurableResource):
     backoff_factor_seconds: float = Field(default=0.5, description="First backoff; doubles per retry, plus jitter.")
     backoff_max_seconds: float = Field(default=30.0, description="Longest wait between two retries.")
     timeout_seconds: float = Field(default=60.0, description="Read timeout per request.")
+    concurrent_requests: int = Field(
+        default=3, ge=2, description="Requests in flight at once: search paging plus side reads."
+    )
 
     _pool: urllib3.PoolManager = PrivateAttr()
-    _client: HubSpot = PrivateAttr()
+    _search: Any = PrivateAttr()
+    _objects: Any = PrivateAttr()
+    _associations: Any = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         retry = urllib3.Retry(
@@ -98,12 +112,17 @@ class HubSpotResource(dg.ConfigurableResource):
         )
         self._pool = _PreloadingPoolManager(
             num_pools=2,
-            maxsize=4,
+            maxsize=self.concurrent_requests,
             retries=retry,
             timeout=urllib3.Timeout(connect=10.0, read=self.timeout_seconds),
             ca_certs=certifi.where(),
         )
-        self._client = HubSpot(access_token=self.access_token, host=self.host, api_factory=self._api_factory)
+        # The client builds a new API object (and configuration) on every attribute access: build
+        # the three this resource uses once.
+        client = HubSpot(access_token=self.access_token, host=self.host, api_factory=self._api_factory)
+        self._search = client.crm.objects.search_api
+        self._objects = client.crm.objects.basic_api
+        self._associations = client.crm.associations.v4.batch_api
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._pool.clear()
@@ -122,27 +141,46 @@ class HubSpotResource(dg.ConfigurableResource):
         its last modification) and one id list per association.
         """
         stats = WindowStats()
-        modified = list(self._search_modified(obj, start, end, stats))
-        archived = [
-            record for record in self._list_archived(obj, stats) if start <= _parse_instant(record["archivedAt"]) < end
-        ]
-        records = modified + archived
-        stats.modified, stats.archived = len(modified), len(archived)
-        if records:
-            sent = set().union(*((record.get("properties") or {}).keys() for record in records))
-            stats.missing_properties = [name for name in obj.properties if name not in sent]
+        # Search pages must come one after another (each is keyed on the last id), so the
+        # archived pass and the association reads run beside them, on the same connection pool.
+        with ThreadPoolExecutor(max_workers=self.concurrent_requests - 1) as side:
+            archived_pass = side.submit(self._list_archived, obj, start, end, stats)
+            link_batches: dict[str, list[Future[pl.DataFrame]]] = {column: [] for column in obj.associations}
+            modified: list[pl.DataFrame] = []
+            batch: list[str] = []
+            for page in self._search_modified(obj, start, end, stats):
+                modified.append(page)
+                batch += page.get_column("id").drop_nulls().to_list()
+                while len(batch) >= ASSOCIATION_BATCH_LIMIT:
+                    ids, batch = batch[:ASSOCIATION_BATCH_LIMIT], batch[ASSOCIATION_BATCH_LIMIT:]
+                    self._submit_association_reads(side, obj, ids, link_batches, stats)
+            self._submit_association_reads(side, obj, batch, link_batches, stats)
+            archived = archived_pass.result()
+            links = {
+                column: pl.concat([batch.result() for batch in batches], how="vertical")
+                for column, batches in link_batches.items()
+            }
 
-        frame = self._records_frame(obj, records)
-        for column, to_type in obj.associations.items():
-            links = self._read_associations(obj.name, to_type, [r["id"] for r in modified if r.get("id")], stats)
-            frame = frame.with_columns(
-                pl.col("id").replace_strict(links, default=None, return_dtype=pl.List(pl.Int64)).alias(column)
-            )
+        frame = pl.concat([_empty_records(obj), *modified, archived], how="vertical", rechunk=True)
+        stats.modified, stats.archived = frame.height - archived.height, archived.height
+        for column, pairs in links.items():
+            frame = frame.join(pairs.rename({"to_ids": column}), on="id", how="left", maintain_order="left")
         return frame, stats
+
+    def _submit_association_reads(
+        self,
+        side: ThreadPoolExecutor,
+        obj: HubSpotObject,
+        ids: list[str],
+        link_batches: dict[str, list[Future[pl.DataFrame]]],
+        stats: WindowStats,
+    ) -> None:
+        for column, to_type in obj.associations.items():
+            link_batches[column].append(side.submit(self._read_associations, obj.name, to_type, ids, stats))
 
     def _search_modified(
         self, obj: HubSpotObject, start: datetime, end: datetime, stats: WindowStats
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[pl.DataFrame]:
         window = [
             {"propertyName": obj.modified_property, "operator": "GTE", "value": str(_epoch_ms(start))},
             {"propertyName": obj.modified_property, "operator": "LT", "value": str(_epoch_ms(end))},
@@ -151,12 +189,7 @@ class HubSpotResource(dg.ConfigurableResource):
         while True:
             body: dict[str, Any] = {
                 "filterGroups": [
-                    {
-                        "filters": [
-                            *window,
-                            {"propertyName": "hs_object_id", "operator": "GT", "value": str(last_id)},
-                        ]
-                    }
+                    {"filters": [*window, {"propertyName": "hs_object_id", "operator": "GT", "value": str(last_id)}]}
                 ],
                 "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
                 "properties": list(obj.properties),
@@ -164,50 +197,53 @@ class HubSpotResource(dg.ConfigurableResource):
             }
             if after is not None:
                 body["after"] = after
-            page = self._call(stats, self._client.crm.objects.search_api.do_search, obj.name, body)
-            results = page.get("results", [])
-            yield from results
-            next_page = page.get("paging", {}).get("next")
-            if not next_page:
+            data = self._call(stats, self._search.do_search, obj.name, body)
+            if last_id == 0 and after is None:
+                stats.missing_properties = _missing_properties(obj, data)
+            page, next_after = _records_page(obj, data)
+            yield page
+            if next_after is None:
                 return
             # Key the next page on the last id; only a record served without an id (malformed at
             # the source) forces a step by offset within the current key range.
-            if results and results[-1].get("id"):
-                last_id, after = int(results[-1]["id"]), None
+            last = page.get_column("id")[-1] if page.height else None
+            if last:
+                last_id, after = int(last), None
             else:
-                after = next_page["after"]
+                after = next_after
 
-    def _list_archived(self, obj: HubSpotObject, stats: WindowStats) -> Iterator[dict[str, Any]]:
+    def _list_archived(self, obj: HubSpotObject, start: datetime, end: datetime, stats: WindowStats) -> pl.DataFrame:
         """HubSpot's archived list has no time filter: the whole list is read and filtered here."""
+        pages = [_empty_records(obj)]
         after = None
         while True:
-            kwargs: dict[str, Any] = {
-                "limit": LIST_PAGE_LIMIT,
-                "properties": list(obj.properties),
-                "archived": True,
-            }
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE_LIMIT, "properties": list(obj.properties), "archived": True}
             if after is not None:
                 kwargs["after"] = after
-            page = self._call(stats, self._client.crm.objects.basic_api.get_page, obj.name, **kwargs)
-            yield from page.get("results", [])
-            after = page.get("paging", {}).get("next", {}).get("after")
+            page, after = _records_page(obj, self._call(stats, self._objects.get_page, obj.name, **kwargs))
+            archived_at = pl.col("archived_at").str.to_datetime(time_zone="UTC", strict=False)
+            pages.append(page.filter(archived_at.is_between(start, end, closed="left")))
             if after is None:
-                return
+                return pl.concat(pages, how="vertical")
 
-    def _read_associations(
-        self, from_type: str, to_type: str, ids: list[str], stats: WindowStats
-    ) -> dict[str, list[int]]:
-        batch_api = self._client.crm.associations.v4.batch_api
-        links: dict[str, list[int]] = {}
-        for offset in range(0, len(ids), ASSOCIATION_BATCH_LIMIT):
-            inputs = [{"id": record_id} for record_id in ids[offset : offset + ASSOCIATION_BATCH_LIMIT]]
-            page = self._call(stats, batch_api.get_page, from_type, to_type, {"inputs": inputs})
-            for result in page.get("results", []):
-                links[str(result["from"]["id"])] = sorted(int(to["toObjectId"]) for to in result["to"])
-        return links
+    def _read_associations(self, from_type: str, to_type: str, ids: list[str], stats: WindowStats) -> pl.DataFrame:
+        """`id` -> sorted `to_ids` for one batch of ids; ids without associations are absent, as in HubSpot."""
+        schema = {"results": pl.List(pl.Struct({"from": pl.Struct({"id": pl.Utf8}), "to": ASSOCIATED_IDS}))}
+        if not ids:
+            return pl.DataFrame(schema={"id": pl.Utf8, "to_ids": pl.List(pl.Int64)})
+        data = self._call(stats, self._associations.get_page, from_type, to_type, {"inputs": [{"id": i} for i in ids]})
+        results = pl.read_json(io.BytesIO(data), schema=schema).select(pl.col("results").explode(empty_as_null=False))
+        return results.select(
+            pl.col("results").struct.field("from").struct.field("id"),
+            pl.col("results")
+            .struct.field("to")
+            .list.eval(pl.element().struct.field("toObjectId"))
+            .list.sort()
+            .alias("to_ids"),
+        )
 
-    def _call(self, stats: WindowStats, operation: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One API call through the client, answered as raw JSON.
+    def _call(self, stats: WindowStats, operation: Any, *args: Any, **kwargs: Any) -> bytes:
+        """One API call through the client, answered as the raw JSON body.
 
         A refusal that no retry can fix (bad token, missing scope, invalid request) fails the step
         at once, bypassing the step's RetryPolicy; throttling and server errors that outlasted the
@@ -223,31 +259,62 @@ class HubSpotResource(dg.ConfigurableResource):
                 f"{error.reason}: {_error_message(error.body)}",
                 allow_retries=False,
             ) from None
-        stats.requests += 1
-        stats.retries += len(response.retries.history) if response.retries else 0
-        return json.loads(response.data)
+        stats.count_request(len(response.retries.history) if response.retries else 0)
+        return response.data
 
-    @staticmethod
-    def _records_frame(obj: HubSpotObject, records: list[dict[str, Any]]) -> pl.DataFrame:
-        text = pl.Utf8
-        properties = pl.from_dicts(
-            [record.get("properties") or {} for record in records], schema=dict.fromkeys(obj.properties, text)
+
+ASSOCIATED_IDS = pl.List(pl.Struct({"toObjectId": pl.Int64}))
+
+
+def _page_schema(obj: HubSpotObject) -> dict[str, pl.DataType]:
+    """The part of a records page (search or list) the connector reads; every value as text."""
+    record = pl.Struct(
+        {
+            "id": pl.Utf8,
+            "properties": pl.Struct(dict.fromkeys(obj.properties, pl.Utf8)),
+            "archived": pl.Boolean,
+            "archivedAt": pl.Utf8,
+            "updatedAt": pl.Utf8,
+        }
+    )
+    return {"results": pl.List(record), "paging": pl.Struct({"next": pl.Struct({"after": pl.Utf8})})}
+
+
+def _records_page(obj: HubSpotObject, data: bytes) -> tuple[pl.DataFrame, str | None]:
+    """One page of records, parsed by Polars (off the GIL, no Python dict per record), and the next cursor."""
+    page = pl.read_json(io.BytesIO(data), schema=_page_schema(obj))
+    next_after = page.get_column("paging").struct.field("next").struct.field("after")[0]
+    records = (
+        page.select(pl.col("results").explode(empty_as_null=False))
+        .unnest("results")
+        .unnest("properties")
+        .select(
+            "id",
+            *obj.properties,
+            pl.col("archived").fill_null(False),
+            pl.col("archivedAt").alias("archived_at"),
+            pl.col("updatedAt").alias("updated_at"),
         )
-        envelope = pl.DataFrame(
-            {
-                "id": [record.get("id") for record in records],
-                "archived": [bool(record.get("archived")) for record in records],
-                "archived_at": [record.get("archivedAt") for record in records],
-                "updated_at": [record.get("updatedAt") for record in records],
-            },
-            schema={"id": text, "archived": pl.Boolean, "archived_at": text, "updated_at": text},
-        )
-        return (
-            envelope.select("id")
-            .hstack(properties)
-            .hstack(envelope.drop("id"))
-            .with_columns(changed_at=pl.coalesce("archived_at", "updated_at"))
-        )
+        .with_columns(changed_at=pl.coalesce("archived_at", "updated_at"))
+    )
+    return records, next_after
+
+
+def _empty_records(obj: HubSpotObject) -> pl.DataFrame:
+    return _records_page(obj, b'{"results": []}')[0]
+
+
+def _missing_properties(obj: HubSpotObject, data: bytes) -> list[str]:
+    """Requested properties a page's records do not carry at all.
+
+    HubSpot sends every requested property (null when empty) or, once a property is deleted, none:
+    one page tells which are gone.
+    """
+    records = json.loads(data).get("results") or []
+    if not records:
+        return []
+    sent = set().union(*((record.get("properties") or {}).keys() for record in records))
+    return [name for name in obj.properties if name not in sent]
 
 
 def _error_message(body: bytes | str | None) -> str:
