@@ -54,12 +54,16 @@ class PartitionedParquetIOManager(PolarsParquetIOManager):
             self.write_df_to_path(context, part, path)
             rows_per_partition[partition_key] = part.height
 
-        metadata = {
-            "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent)),
-            "partitions_written": len(paths),
-            **self.get_metadata(context, frame),
-        }
-        context.add_output_metadata(metadata)
+        # Dagster copies this metadata onto every partition's materialization, so it stays small
+        # and true for each of them: no whole-frame row counts or statistics here.
+        schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+        context.add_output_metadata(
+            {
+                "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent)),
+                "partitions_written": len(paths),
+                "dagster/column_schema": schema,
+            }
+        )
 
     def load_partitions(self, context: dg.InputContext) -> Any:
         loaded = super().load_partitions(context)
