@@ -48,7 +48,6 @@ class WindowStats:
 
     requests: int = 0
     retries: int = 0
-    modified: int = 0
     archived: int = 0
     missing_properties: list[str] = field(default_factory=list)
     """Requested properties that no record carried: removed or renamed at the source."""
@@ -162,7 +161,7 @@ class HubSpotResource(dg.ConfigurableResource):
             }
 
         frame = pl.concat([_empty_records(obj), *modified, archived], how="vertical", rechunk=True)
-        stats.modified, stats.archived = frame.height - archived.height, archived.height
+        stats.archived = archived.height
         for column, pairs in links.items():
             frame = frame.join(pairs.rename({"to_ids": column}), on="id", how="left", maintain_order="left")
         return frame, stats
