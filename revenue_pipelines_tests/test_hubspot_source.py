@@ -6,7 +6,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from revenue_pipelines.defs.hubspot.assets import hubspot_contacts, hubspot_deals
+from revenue_pipelines.defs.hubspot.assets import CONTACTS, hubspot_contacts, hubspot_deals
+from revenue_pipelines.defs.hubspot.resources import WindowStats
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines.lib.validation import QUARANTINE_REASON
 from revenue_pipelines_tests.conftest import (
@@ -200,3 +201,20 @@ def test_partition_window_comes_from_the_run(sandbox, tmp_path):
     raw = read_layer(tmp_path, "raw", "deals")
     assert set(raw[PARTITION_COLUMN].to_list()) <= {date(2026, 11, 20)}
     _reconcile(sandbox, tmp_path, "deals", END, END)
+
+
+def test_a_record_edited_mid_read_hides_no_other(sandbox):
+    """Keyset paging: a record that leaves the window between two pages cannot shift the next page."""
+    start = datetime.combine(FIRST, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(END + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    with dg.build_resources({"hubspot": hubspot_resource(sandbox)}) as resources:
+        pages = resources.hubspot._search_modified(CONTACTS, start, end, WindowStats())
+        first_page = next(pages)
+        moved = int(first_page["id"][0])
+        sandbox.hubspot.touch("contacts", [moved], at=datetime.now(UTC))
+        seen = pl.concat([first_page, *pages])["id"].cast(pl.Int64).to_list()
+
+    assert len(seen) == len(set(seen))
+    still_in_window = [i for i in expected_ids(sandbox, "contacts", FIRST, END) if i not in {moved}]
+    archived = set(sandbox.hubspot.truth("contacts").filter(pl.col("archived"))["id"].to_list())
+    assert sorted(set(seen) - {moved}) == [i for i in still_in_window if i not in archived]
