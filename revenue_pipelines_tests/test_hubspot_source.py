@@ -218,3 +218,14 @@ def test_a_record_edited_mid_read_hides_no_other(sandbox):
     still_in_window = [i for i in expected_ids(sandbox, "contacts", FIRST, END) if i not in {moved}]
     archived = set(sandbox.hubspot.truth("contacts").filter(pl.col("archived"))["id"].to_list())
     assert sorted(set(seen) - {moved}) == [i for i in still_in_window if i not in archived]
+
+
+def test_an_answer_slower_than_the_read_timeout_is_retried(sandbox, tmp_path):
+    fault = sandbox.faults.add("slow", seconds=2.0, times=1, path_contains="/search", skip=1)
+    resource = hubspot_resource(sandbox, timeout_seconds=0.5)
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts], resource=resource)
+    assert result.success
+    assert fault.fired == 1
+    [materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
+    assert materialization.metadata["api_retries"].value == 1
+    _reconcile(sandbox, tmp_path, "contacts")

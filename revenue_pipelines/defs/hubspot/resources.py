@@ -60,15 +60,19 @@ class WindowStats:
 
 
 class _PreloadingPoolManager(urllib3.PoolManager):
-    """Reads every response body inside urllib3's retry loop.
+    """The client's transport, corrected in two places.
 
-    The client only skips its slow model objects when called with `_preload_content=False`, which
-    would also move the body read outside urllib3, where a connection dropped mid-body is not
-    retried. Forcing the preload here keeps both: raw JSON, and retries that cover the whole read.
+    - The client only skips its slow model objects when called with `_preload_content=False`,
+      which would also move the body read outside urllib3, where a connection dropped mid-body is
+      not retried. Forcing the preload keeps both: raw JSON, and retries that cover the whole read.
+    - The client passes `timeout=None` on every call, which urllib3 reads as "wait forever";
+      dropping it lets this pool's own connect and read timeouts apply.
     """
 
     def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> urllib3.BaseHTTPResponse:
         kw["preload_content"] = True
+        if kw.get("timeout") is None:
+            kw.pop("timeout", None)
         return super().urlopen(method, url, redirect=redirect, **kw)
 
 
