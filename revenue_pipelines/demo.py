@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.dagster_run import RunsFilter
 
 from revenue_pipelines.sandbox import Sandbox
 
@@ -38,7 +37,7 @@ def main() -> int:
         completed = subprocess.run(command, env={**os.environ, **sandbox.env()}, capture_output=True, text=True)  # noqa: S603 (our own CLI)
 
     instance = dg.DagsterInstance.get()
-    runs = instance.get_runs(filters=RunsFilter(job_name=JOB), limit=1)
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=JOB), limit=1)
     if not runs:
         sys.stderr.write(completed.stdout[-5000:] + completed.stderr[-5000:])
         print(f"{JOB} did not start.")

@@ -47,12 +47,9 @@ class PartitionedParquetIOManager(PolarsParquetIOManager):
                 f"outside the partitions of this run ({min(paths)}..{max(paths)}); nothing was written."
             )
 
-        rows_per_partition = {}
         for partition_key, path in sorted(paths.items()):
-            part = frame.filter(keys == partition_key)
             self.make_directory(path.parent)
-            self.write_df_to_path(context, part, path)
-            rows_per_partition[partition_key] = part.height
+            self.write_df_to_path(context, frame.filter(keys == partition_key), path)
 
         # Dagster copies this metadata onto every partition's materialization, so it stays small
         # and true for each of them: no whole-frame row counts or statistics here.

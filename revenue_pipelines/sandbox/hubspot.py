@@ -124,6 +124,7 @@ class HubSpot(Service):
         self.window = portal.window  # every generated modification lies in [start, end)
         self._tables = dict(portal.tables)
         self._associations = portal.associations
+        self._link_cache: dict[tuple[str, str], dict[int, list[int]]] = {}
         self._encoded_link_cache: dict[tuple[str, str], dict[int, bytes]] = {}
         self._seed = seed
         self._malformed: dict[str, set[int]] = {name: set() for name in OBJECT_TYPES}
@@ -338,18 +339,26 @@ class HubSpot(Service):
         key = (from_type, to_type)
         if key not in self._encoded_link_cache:
             kind = [{"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS.get(key), "label": None}]
-            pairs = self._associations.get(key)
-            grouped = (
-                pairs.group_by("from_id", maintain_order=True).agg("to_id").iter_rows() if pairs is not None else []
-            )
             self._encoded_link_cache[key] = {
-                from_id: json.dumps(
-                    {"from": {"id": str(from_id)}, "to": [{"toObjectId": t, "associationTypes": kind} for t in to_ids]},
-                    separators=(",", ":"),
+                from_id: _json(
+                    {"from": {"id": str(from_id)}, "to": [{"toObjectId": t, "associationTypes": kind} for t in to_ids]}
                 ).encode()
-                for from_id, to_ids in grouped
+                for from_id, to_ids in self._links(from_type, to_type).items()
             }
         return self._encoded_link_cache[key]
+
+    def _links(self, from_type: str, to_type: str) -> dict[int, list[int]]:
+        """Associated ids per record, grouped once per pair of types (both endpoints read them)."""
+        key = (from_type, to_type)
+        if key not in self._link_cache:
+            pairs = self._associations.get(key)
+            grouped = pairs.group_by("from_id", maintain_order=True).agg("to_id") if pairs is not None else None
+            self._link_cache[key] = (
+                dict(zip(grouped["from_id"].to_list(), grouped["to_id"].to_list(), strict=True))
+                if grouped is not None
+                else {}
+            )
+        return self._link_cache[key]
 
     def _list_properties(self, request: Request) -> Response:
         table = self._tables[_requested_type(request.params["object_type"])]
@@ -358,13 +367,6 @@ class HubSpot(Service):
             for prop in table.schema
         ]
         return json_response(200, {"results": results})
-
-    def _linked(self, from_type: str, to_type: str, ids: list[int]) -> dict[int, list[int]]:
-        pairs = self._associations.get((from_type, to_type))
-        if pairs is None or not ids:
-            return {}
-        grouped = pairs.filter(pl.col("from_id").is_in(ids)).group_by("from_id", maintain_order=True).agg("to_id")
-        return dict(zip(grouped["from_id"].to_list(), grouped["to_id"].to_list(), strict=True))
 
     def _render(
         self,
@@ -398,7 +400,7 @@ class HubSpot(Service):
         if not association_types:
             return records
         real_ids = page["id"].to_list()
-        linked = {to_type: self._linked(object_type, to_type, real_ids) for to_type in association_types}
+        linked = {to_type: self._links(object_type, to_type) for to_type in association_types}
         for index, real_id in enumerate(real_ids):
             associations = {
                 to_type: {
