@@ -3,6 +3,7 @@
     with Sandbox(seed=7, companies=300) as sb:
         client = hubspot.HubSpot(access_token=sb.token, host=sb.url)
         sb.hubspot.truth("contacts")          # what a correct extraction must produce
+        sb.salesforce.truth("Opportunity")    # Salesforce, over TLS at sb.salesforce_url (CA: sb.ca_bundle)
         sb.faults.add("status", status=503)   # the next request fails
         sb.requests.count(status=200)         # what the server really saw
 
@@ -13,17 +14,33 @@ with the ground truth exactly, and script transport and data faults around it.
 from __future__ import annotations
 
 import secrets
+import shutil
+import ssl
+import tempfile
 from datetime import date
+from pathlib import Path
+from typing import NamedTuple
+
+import trustme
 
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.hubspot import HubSpot
+from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 
-__all__ = ["Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Sandbox"]
+__all__ = ["Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
+
+
+class _Listeners(NamedTuple):
+    hubspot: ApiServer
+    salesforce: ApiServer
+    files: Path
+    """A private directory for the CA bundle and the token store, removed when the sandbox stops."""
 
 
 class Sandbox:
-    """The sandboxed APIs on one loopback listener; data is generated at construction."""
+    """HubSpot on a plain HTTP listener and Salesforce on a TLS one (simple-salesforce insists on
+    https), signed by a CA made for this sandbox; data is generated at construction."""
 
     def __init__(
         self,
@@ -38,7 +55,9 @@ class Sandbox:
         *,
         contacts: int | None = None,
         deals: int | None = None,
+        opportunities: int | None = None,
         rate_limit_retry_after: bool = True,
+        salesforce_port: int = 0,
     ):
         self.token = token or secrets.token_urlsafe(24)
         self.faults = FaultPlan()
@@ -54,29 +73,77 @@ class Sandbox:
             rate_limit_per_10s=rate_limit_per_10s,
             rate_limit_retry_after=rate_limit_retry_after,
         )
-        self._address = (host, port)
-        self._server: ApiServer | None = None
+        self.salesforce = Salesforce(
+            seed=seed,
+            companies=self.hubspot.truth("companies").select("id", "name", "domain"),
+            opportunities=opportunities,
+            days=days,
+            end_date=end_date,
+        )
+        self._ca = trustme.CA()
+        self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
+        self._host = host
+        self._ports = (port, salesforce_port)
+        self._listeners: _Listeners | None = None
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the sandbox is not running; call start() or use it as a context manager")
-        return self._server.url
+        """HubSpot's base URL."""
+        return self._running().hubspot.url
+
+    @property
+    def salesforce_url(self) -> str:
+        """Salesforce's instance URL (https)."""
+        return self._running().salesforce.url
+
+    @property
+    def ca_bundle(self) -> str:
+        """The PEM file of the CA that signed the Salesforce listener's certificate, for clients to trust."""
+        return str(self._running().files / "ca.pem")
 
     def env(self) -> dict[str, str]:
         """The environment a pipeline needs to talk to this sandbox instead of the real APIs."""
-        return {"HUBSPOT_HOST": self.url, "HUBSPOT_ACCESS_TOKEN": self.token}
+        return {
+            "HUBSPOT_HOST": self.url,
+            "HUBSPOT_ACCESS_TOKEN": self.token,
+            "SALESFORCE_TOKEN_URL": f"{self.salesforce_url}/services/oauth2/token",
+            "SALESFORCE_CLIENT_ID": self.salesforce.client_id,
+            "SALESFORCE_CLIENT_SECRET": self.salesforce.client_secret,
+            "SALESFORCE_REFRESH_TOKEN": self.salesforce.refresh_token,
+            "SALESFORCE_CA_BUNDLE": self.ca_bundle,
+            # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
+            "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
+        }
 
     def start(self) -> Sandbox:
-        if self._server is None:
-            self._server = ApiServer(*self._address, [self.hubspot], self.faults, self.requests)
-            self._server.start()
+        if self._listeners is None:
+            hubspot = ApiServer(self._host, self._ports[0], [self.hubspot], self.faults, self.requests)
+            try:
+                salesforce = ApiServer(
+                    self._host, self._ports[1], [self.salesforce], self.faults, self.requests, ssl_context=self._tls
+                )
+            except OSError:
+                hubspot.server_close()
+                raise
+            files = Path(tempfile.mkdtemp(prefix="revenue-pipelines-sandbox-"))
+            self._ca.cert_pem.write_to_path(str(files / "ca.pem"))
+            self._listeners = _Listeners(hubspot, salesforce, files)
+            hubspot.start()
+            salesforce.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        if self._listeners is not None:
+            self._listeners.hubspot.stop()
+            self._listeners.salesforce.stop()
+            shutil.rmtree(self._listeners.files, ignore_errors=True)
+            self._listeners = None
+
+    def _running(self) -> _Listeners:
+        if self._listeners is None:
+            raise RuntimeError("the sandbox is not running; call start() or use it as a context manager")
+        return self._listeners
 
     def __enter__(self) -> Sandbox:
         return self.start()

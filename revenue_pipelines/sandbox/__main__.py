@@ -1,6 +1,6 @@
 """Run the sandbox from a shell.
 
-python -m revenue_pipelines.sandbox serve --port 8765
+python -m revenue_pipelines.sandbox serve --port 8765 --salesforce-port 8766
 python -m revenue_pipelines.sandbox run -- dagster job execute -m revenue_pipelines.definitions -j ...
 """
 
@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m revenue_pipelines.sandbox", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve until Ctrl-C or SIGTERM, printing the environment to use")
-    _add_sandbox_options(serve, default_port=8765)
+    _add_sandbox_options(serve, default_port=8765, default_salesforce_port=8766)
     run = commands.add_parser("run", help="run a command against a fresh sandbox and exit with its status")
-    _add_sandbox_options(run, default_port=0)
+    _add_sandbox_options(run, default_port=0, default_salesforce_port=0)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
 
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         days=args.days,
         end_date=args.end_date,
         rate_limit_per_10s=None if args.no_rate_limit else 190,
+        opportunities=args.opportunities,
         port=args.port,
+        salesforce_port=args.salesforce_port,
     )
     if args.command == "serve":
         return _serve(sandbox)
@@ -44,10 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     return _run(sandbox, command)
 
 
-def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument("--port", type=int, default=default_port, help="0 picks a free port")
+def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, default_salesforce_port: int) -> None:
+    parser.add_argument("--port", type=int, default=default_port, help="HubSpot's (http); 0 picks a free port")
+    parser.add_argument(
+        "--salesforce-port", type=int, default=default_salesforce_port, help="Salesforce's (https); 0 picks a free port"
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--companies", type=int, default=300, help="about 5 contacts and 2 deals per company")
+    parser.add_argument(
+        "--companies",
+        type=int,
+        default=300,
+        help="about 5 contacts and 2 deals per company; as many Salesforce accounts, 60%% of them shared",
+    )
+    parser.add_argument(
+        "--opportunities", type=int, default=None, help="Salesforce opportunities, default 3 per account"
+    )
     parser.add_argument("--days", type=int, default=30, help="days of modifications, ending with --end-date")
     parser.add_argument("--end-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD, default yesterday UTC")
     parser.add_argument("--no-rate-limit", action="store_true")
@@ -60,7 +73,9 @@ def _serve(sandbox: Sandbox) -> int:
     with sandbox:
         for name, value in sandbox.env().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
-        print(f"# HubSpot sandbox on {sandbox.url}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        print("# ready", flush=True)  # the environment is complete; scripts may stop reading
+        message = f"# HubSpot sandbox on {sandbox.url}, Salesforce on {sandbox.salesforce_url}; Ctrl-C stops it"
+        print(message, file=sys.stderr, flush=True)
         stopped.wait()
     return 0
 

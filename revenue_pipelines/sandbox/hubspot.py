@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import hmac
 import operator
 import random
 import re
@@ -29,6 +29,7 @@ from revenue_pipelines.sandbox.hubspot_data import (
     UTC_MS,
     ObjectTable,
     Property,
+    as_utc,
     generate_portal,
 )
 from revenue_pipelines.sandbox.server import (
@@ -40,7 +41,9 @@ from revenue_pipelines.sandbox.server import (
     RollingWindowLimiter,
     Route,
     Service,
+    compact_json,
     json_response,
+    page_response,
     retry_after_header,
 )
 
@@ -119,7 +122,8 @@ class HubSpot(Service):
         rate_limit_retry_after: bool,
     ):
         limiter = RollingWindowLimiter(rate_limit_per_10s, RATE_LIMIT_WINDOW_SECONDS) if rate_limit_per_10s else None
-        super().__init__(token, limiter, rate_limit_retry_after)
+        super().__init__(limiter, rate_limit_retry_after)
+        self.token = token
         portal = generate_portal(seed, companies, contacts, deals, days, end_date)
         self.window = portal.window  # every generated modification lies in [start, end)
         self._tables = dict(portal.tables)
@@ -161,7 +165,7 @@ class HubSpot(Service):
             frame = self._tables[object_type].frame
             eligible = ~pl.col("archived") & ~pl.col("id").is_in(list(self._malformed[object_type]))
             if within is not None:
-                eligible &= pl.col("updated_at").is_between(_utc(within[0]), _utc(within[1]), closed="left")
+                eligible &= pl.col("updated_at").is_between(as_utc(within[0]), as_utc(within[1]), closed="left")
             pool = frame.filter(eligible)["id"].to_list()
             if len(pool) < count:
                 raise ValueError(f"only {len(pool)} {object_type} can be malformed in that window, not {count}")
@@ -182,7 +186,7 @@ class HubSpot(Service):
         """Modify records at `at`: their modification property and updatedAt move there."""
         object_type = _known(object_type)
         ids = list(ids)
-        at = _utc(at)
+        at = as_utc(at)
         with self._lock:
             known = set(self._tables[object_type].frame.filter(pl.col("id").is_in(ids))["id"])
             if missing := set(ids) - known:
@@ -244,7 +248,9 @@ class HubSpot(Service):
             status, {"status": "error", "message": message, "correlationId": str(uuid.uuid4()), "category": category}
         )
 
-    def unauthorized(self) -> Response:
+    def refusal(self, request: Request) -> Response | None:
+        if hmac.compare_digest((request.bearer_token or "").encode(), self.token.encode()):
+            return None
         return self.error(401, AUTHENTICATION_MESSAGE, "INVALID_AUTHENTICATION")
 
     def rate_limited(self, retry_after: float | None) -> Response:
@@ -267,9 +273,9 @@ class HubSpot(Service):
 
     def _list_objects(self, request: Request) -> Response:
         object_type = _requested_type(request.params["object_type"])
-        limit = _limit(_last(request.query, "limit"), default=10, maximum=LIST_LIMIT_MAX)
-        archived = (_last(request.query, "archived") or "false").lower() == "true"
-        cursor = _last(request.query, "after")
+        limit = _limit(request.parameter("limit"), default=10, maximum=LIST_LIMIT_MAX)
+        archived = (request.parameter("archived") or "false").lower() == "true"
+        cursor = request.parameter("after")
         selected = pl.col("archived") == archived
         if cursor:
             selected &= pl.col("id") >= _decode_cursor(cursor)
@@ -283,7 +289,7 @@ class HubSpot(Service):
             after = _encode_cursor(table.frame["id"][rows[limit]])
             query = urlencode({**request.query, "after": [after]}, doseq=True)
             paging["paging"] = {"next": {"after": after, "link": f"{request.base_url}{request.path}?{query}"}}
-        return _page_response(results, **paging)
+        return page_response(results, **paging)
 
     def _search_objects(self, request: Request) -> Response:
         object_type = _requested_type(request.params["object_type"])
@@ -307,7 +313,7 @@ class HubSpot(Service):
         end = after + len(page)
         if end < min(len(rows), SEARCH_RESULT_CAP):
             paging["paging"] = {"next": {"after": str(end)}}
-        return _page_response(results, total=len(rows), **paging)
+        return page_response(results, total=len(rows), **paging)
 
     def _read_associations(self, request: Request) -> Response:
         from_type = _requested_type(request.params["from_type"])
@@ -340,7 +346,7 @@ class HubSpot(Service):
         if key not in self._encoded_link_cache:
             kind = [{"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS.get(key), "label": None}]
             self._encoded_link_cache[key] = {
-                from_id: _json(
+                from_id: compact_json(
                     {"from": {"id": str(from_id)}, "to": [{"toObjectId": t, "associationTypes": kind} for t in to_ids]}
                 ).encode()
                 for from_id, to_ids in self._links(from_type, to_type).items()
@@ -413,19 +419,8 @@ class HubSpot(Service):
                 if real_id in found
             }
             if associations:
-                records[index] = f'{records[index][:-1]},"associations":{_json(associations)}}}'
+                records[index] = f'{records[index][:-1]},"associations":{compact_json(associations)}}}'
         return records
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _page_response(results: list[str], **fields: Any) -> Response:
-    """A `{"results": [...], **fields}` body around records that are already JSON text."""
-    rest = "".join(f",{_json(name)}:{_json(value)}" for name, value in fields.items())
-    body = f'{{"results":[{",".join(results)}]{rest}}}'
-    return Response(200, body.encode(), {"Content-Type": JSON_CONTENT_TYPE})
 
 
 def _known(object_type: str) -> str:
@@ -442,17 +437,8 @@ def _requested_type(name: str) -> str:
         raise ApiError(400, f"Unable to infer object type from: {name}", "VALIDATION_ERROR") from None
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _last(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def _split(values: list[str]) -> list[str]:
@@ -545,7 +531,7 @@ def _filter_value(column: str, raw: Any) -> int | datetime:
             return int(raw)
         if str(raw).isdigit():
             return EPOCH + timedelta(milliseconds=int(raw))
-        return _utc(datetime.fromisoformat(str(raw)))
+        return as_utc(datetime.fromisoformat(str(raw)))
     except (TypeError, ValueError, OverflowError):
         raise ApiError(400, f"Invalid filter value {raw!r}.", "VALIDATION_ERROR") from None
 

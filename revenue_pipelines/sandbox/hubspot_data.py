@@ -4,7 +4,8 @@ Everything is a pure function of the seed and sizes. Values are drawn in bulk wi
 `random.Random` and assembled column by column in polars, so 200,000 contacts take seconds.
 Records are stored columnar, one DataFrame per object type sorted by id, with internal
 columns (`created_at`, `updated_at`, `archived`, `archived_at`, `id_missing`) next to the
-properties, which hold exactly the strings HubSpot would send.
+properties, which hold exactly the strings HubSpot would send. The Salesforce org is built from
+these companies with the same generators (`Draws`, lifecycles, names, domains, emails).
 """
 
 from __future__ import annotations
@@ -207,15 +208,19 @@ def modification_window(days: int, end_date: date | None) -> tuple[datetime, dat
     return end - timedelta(days=days), end
 
 
-class _Draws:
+class Draws:
     """Columns of random values from one `random.Random`, drawn in bulk and shaped in polars."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | str):
         self._rng = random.Random(seed)
 
     def uniform(self, n: int) -> pl.Series:
         draw = self._rng.random
         return pl.Series([draw() for _ in range(n)], dtype=pl.Float64)
+
+    def normal(self, n: int) -> pl.Series:
+        """`n` standard normal values (Box-Muller)."""
+        return (-2 * (1 - self.uniform(n)).log()).sqrt() * (2 * math.pi * self.uniform(n)).cos()
 
     def below(self, k: int, n: int) -> pl.Series:
         """`n` integers uniform in [0, k)."""
@@ -250,10 +255,10 @@ def generate_portal(
         raise ValueError("need at least one company and no negative counts")
     window = modification_window(days, end_date)
     start_ms, end_ms = (int(bound.timestamp() * 1000) for bound in window)
-    draws = _Draws(seed)
+    draws = Draws(seed)
 
-    lifecycles = {name: _lifecycle(draws, counts[name], start_ms, end_ms) for name in OBJECT_TYPES}
-    ids = {name: _ids(draws, name, lifecycles[name]["created"]) for name in OBJECT_TYPES}
+    lifecycles = {name: draw_lifecycle(draws, counts[name], start_ms, end_ms) for name in OBJECT_TYPES}
+    ids = {name: climbing_ids(draws, FIRST_ID[name], lifecycles[name]["created"]) for name in OBJECT_TYPES}
     contact_company = draws.below(counts["companies"], counts["contacts"])
     deal_company = draws.below(counts["companies"], counts["deals"])
     company_props = _company_properties(draws, counts["companies"])
@@ -282,7 +287,7 @@ def generate_portal(
     return Portal(tables, associations, window)
 
 
-def _lifecycle(draws: _Draws, n: int, start_ms: int, end_ms: int) -> pl.DataFrame:
+def draw_lifecycle(draws: Draws, n: int, start_ms: int, end_ms: int) -> pl.DataFrame:
     """Creation, last modification and archival instants (epoch ms) of `n` records.
 
     The last modification is uniform over the window, creation up to two years earlier
@@ -297,64 +302,65 @@ def _lifecycle(draws: _Draws, n: int, start_ms: int, end_ms: int) -> pl.DataFram
     )
 
 
-def _ids(draws: _Draws, object_type: str, created: pl.Series) -> pl.Series:
-    """Ids climb with creation time, with gaps of 1-5, so they are unique but not contiguous."""
+def climbing_ids(draws: Draws, first: int, created: pl.Series) -> pl.Series:
+    """Ids from `first` up, climbing with creation time with gaps of 1-5: unique but not contiguous."""
     creation_order = pl.DataFrame({"created": created}).with_row_index().sort("created", "index")["index"]
-    ids_in_creation_order = FIRST_ID[object_type] - 1 + (draws.below(5, len(created)) + 1).cum_sum()
+    ids_in_creation_order = first - 1 + (draws.below(5, len(created)) + 1).cum_sum()
     return ids_in_creation_order.gather(creation_order.arg_sort()).rename("id")
 
 
-def _blank(values: pl.Series, mask: pl.Series) -> pl.Series:
+def blank(values: pl.Series, mask: pl.Series) -> pl.Series:
     """`values` with nulls where `mask` is set: properties a portal leaves empty."""
     return pl.select(pl.when(~mask).then(values)).to_series().rename(values.name)
 
 
-def _company_properties(draws: _Draws, n: int) -> dict[str, pl.Series]:
-    names = pl.select(
+def company_names(draws: Draws, n: int) -> pl.Series:
+    return pl.select(
         pl.format("{} {}{}", draws.pick(BRANDS, n), draws.pick(SECTORS, n), draws.pick(COMPANY_SUFFIXES, n))
     ).to_series()
-    # Namesake companies get numbered domains (acme-foods-2.com), so every domain is unique.
+
+
+def company_domains(names: pl.Series, tlds: pl.Series, taken: pl.Series | None = None) -> pl.Series:
+    """A domain per name at its TLD. Namesakes, also of the companies named in `taken` (whose
+    domains were made the same way), get numbered stems (acme-foods-2.com): no domain repeats."""
+    prior = pl.Series([], dtype=pl.String) if taken is None else taken
     namesake = pl.col("stem").cum_count().over("stem")
-    stems = pl.DataFrame({"stem": names.str.to_lowercase().str.replace_all(" ", "-")}).select(
+    stems = pl.DataFrame({"stem": pl.concat([prior, names]).str.to_lowercase().str.replace_all(" ", "-")}).select(
         pl.when(namesake > 1).then(pl.format("{}-{}", "stem", namesake)).otherwise("stem")
     )
-    place = draws.below(len(CITIES), n)
+    return pl.select(pl.format("{}.{}", stems.to_series().tail(len(names)), tlds)).to_series()
+
+
+def company_size(draws: Draws, n: int) -> tuple[pl.Series, pl.Series]:
+    """Employees (log-uniform, 10 to about 30,000) and annual revenue (80k-250k per employee)."""
     employees = (10 ** (1 + 3.5 * draws.uniform(n))).floor().cast(pl.Int64)
     revenue = employees * (80 + 170 * draws.uniform(n)).floor().cast(pl.Int64) * 1000
+    return employees, revenue
+
+
+def _company_properties(draws: Draws, n: int) -> dict[str, pl.Series]:
+    names = company_names(draws, n)
+    place = draws.below(len(CITIES), n)
+    employees, revenue = company_size(draws, n)
     return {
         "name": names,
-        "domain": pl.select(pl.format("{}.{}", stems.to_series(), draws.pick(TLDS, n))).to_series(),
+        "domain": company_domains(names, draws.pick(TLDS, n)),
         "industry": draws.pick(INDUSTRIES, n),
         "city": pl.Series([city for city, _ in CITIES]).gather(place),
         "country": pl.Series([country for _, country in CITIES]).gather(place),
-        "numberofemployees": _blank(employees.cast(pl.String), draws.uniform(n) < 0.05),
-        "annualrevenue": _blank(revenue.cast(pl.String), draws.uniform(n) < 0.1),
+        "numberofemployees": blank(employees.cast(pl.String), draws.uniform(n) < 0.05),
+        "annualrevenue": blank(revenue.cast(pl.String), draws.uniform(n) < 0.1),
         "lifecyclestage": draws.pick(COMPANY_STAGES, n),
         "hubspot_owner_id": draws.pick(OWNER_IDS, n),
     }
 
 
 def _contact_properties(
-    draws: _Draws, company_of: pl.Series, company_props: dict[str, pl.Series]
+    draws: Draws, company_of: pl.Series, company_props: dict[str, pl.Series]
 ) -> dict[str, pl.Series]:
     n = len(company_of)
     first, last = draws.pick(FIRST_NAMES, n), draws.pick(LAST_NAMES, n)
-    free_mail = draws.uniform(n) < 0.12
-    mailboxes = pl.DataFrame(
-        {
-            "local": pl.select(pl.format("{}.{}", first, last).str.to_lowercase()).to_series(),
-            "domain": pl.select(
-                pl.when(free_mail).then(draws.pick(FREE_MAIL, n)).otherwise(company_props["domain"].gather(company_of))
-            ).to_series(),
-        }
-    )
-    # Namesakes at one domain get numbered mailboxes (jane.doe2@...), as real ones do.
-    namesake = pl.col("local").cum_count().over("local", "domain")
-    emails = mailboxes.select(
-        pl.when(namesake > 1)
-        .then(pl.format("{}{}@{}", "local", namesake, "domain"))
-        .otherwise(pl.format("{}@{}", "local", "domain"))
-    ).to_series()
+    emails = work_emails(draws, first, last, company_props["domain"].gather(company_of))
     phones = pl.select(pl.format("+1 555-{}", 1_000_000 + draws.below(9_000_000, n))).to_series()
     source = draws.index(SOURCE_WEIGHTS, n)
     details = pl.Series([detail for options in SOURCE_DETAILS.values() for detail in options], dtype=pl.String)
@@ -362,7 +368,7 @@ def _contact_properties(
         "email": emails,
         "firstname": first,
         "lastname": last,
-        "phone": _blank(phones, draws.uniform(n) < 0.15),
+        "phone": blank(phones, draws.uniform(n) < 0.15),
         "company": company_props["name"].gather(company_of),
         "jobtitle": draws.pick(JOB_TITLES, n),
         "lifecyclestage": draws.pick(CONTACT_STAGES, n, CONTACT_STAGE_WEIGHTS),
@@ -373,14 +379,35 @@ def _contact_properties(
     }
 
 
+def work_emails(
+    draws: Draws, first: pl.Series, last: pl.Series, domains: pl.Series, free_mail_share: float = 0.12
+) -> pl.Series:
+    """first.last@ the company's domain, or a free-mail provider's for a share of people;
+    namesakes at one domain get numbered mailboxes (jane.doe2@...), as real ones do."""
+    n = len(first)
+    free_mail = draws.uniform(n) < free_mail_share
+    mailboxes = pl.DataFrame(
+        {
+            "local": pl.select(pl.format("{}.{}", first, last).str.to_lowercase()).to_series(),
+            "domain": pl.select(pl.when(free_mail).then(draws.pick(FREE_MAIL, n)).otherwise(domains)).to_series(),
+        }
+    )
+    namesake = pl.col("local").cum_count().over("local", "domain")
+    return mailboxes.select(
+        pl.when(namesake > 1)
+        .then(pl.format("{}{}@{}", "local", namesake, "domain"))
+        .otherwise(pl.format("{}@{}", "local", "domain"))
+    ).to_series()
+
+
 def _deal_properties(
-    draws: _Draws, company_of: pl.Series, company_names: pl.Series, lifecycle: pl.DataFrame
+    draws: Draws, company_of: pl.Series, company_names: pl.Series, lifecycle: pl.DataFrame
 ) -> dict[str, pl.Series]:
     n = len(company_of)
     stages = draws.pick(DEAL_STAGES, n, DEAL_STAGE_WEIGHTS)
     pipelines = draws.pick(("default", "enterprise"), n, (3, 1))
-    # Log-normal amounts (Box-Muller), enterprise deals about four times larger, rounded to tens.
-    normal = (-2 * (1 - draws.uniform(n)).log()).sqrt() * (2 * math.pi * draws.uniform(n)).cos()
+    # Log-normal amounts, enterprise deals about four times larger, rounded to tens.
+    normal = draws.normal(n)
     median = pl.select(pl.when(pipelines == "enterprise").then(10.5).otherwise(9.0)).to_series()
     tens = ((median + 0.8 * normal).exp() / 10).round().cast(pl.Int64)
     # Closed deals closed between creation and their last change; open ones expect to close within 90 days.
@@ -396,12 +423,12 @@ def _deal_properties(
         "dealstage": stages,
         "amount": pl.select(pl.format("{}0.00", tens)).to_series(),
         "deal_currency_code": draws.pick(CURRENCIES, n, CURRENCY_WEIGHTS),
-        "closedate": _timestamps(closes).dt.strftime(TIMESTAMP_FORMAT),
+        "closedate": timestamps(closes).dt.strftime(TIMESTAMP_FORMAT),
         "hubspot_owner_id": draws.pick(OWNER_IDS, n),
     }
 
 
-def _deal_contacts(draws: _Draws, deal_company: pl.Series, contact_company: pl.Series) -> pl.DataFrame:
+def _deal_contacts(draws: Draws, deal_company: pl.Series, contact_company: pl.Series) -> pl.DataFrame:
     """(deal, contact) index pairs: each deal gets 1-3 distinct contacts of its own company.
 
     A deal takes consecutive members of its company's contact list from a random start,
@@ -428,16 +455,21 @@ def _deal_contacts(draws: _Draws, deal_company: pl.Series, contact_company: pl.S
     return positions.with_columns(contact=members["contact"].gather(positions["position"])).select("deal", "contact")
 
 
-def _timestamps(epoch_ms: pl.Series) -> pl.Series:
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive one is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def timestamps(epoch_ms: pl.Series) -> pl.Series:
     return epoch_ms.cast(pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
 
 
 def _assemble(
     object_type: str, ids: pl.Series, lifecycle: pl.DataFrame, properties: dict[str, pl.Series]
 ) -> pl.DataFrame:
-    created = _timestamps(lifecycle["created"])
-    updated = _timestamps(lifecycle["updated"])
-    archived_at = _timestamps(lifecycle["archived_at"])
+    created = timestamps(lifecycle["created"])
+    updated = timestamps(lifecycle["updated"])
+    archived_at = timestamps(lifecycle["archived_at"])
     served = {
         **properties,
         "createdate": created.dt.strftime(TIMESTAMP_FORMAT),

@@ -1,19 +1,19 @@
-"""A threaded HTTP/1.1 keep-alive server that any sandboxed API plugs its routes into.
+"""A threaded HTTP/1.1 keep-alive server, plain or TLS, that any sandboxed API plugs its routes into.
 
-The server owns everything that is the same for every API: routing, bearer authentication,
-the rolling-window rate limit, scripted transport faults, the request log and JSON framing.
-A `Service` supplies the routes and speaks its own error dialect.
+The server owns everything that is the same for every API: routing, the rolling-window rate
+limit, scripted transport faults, the request log and JSON framing. A `Service` supplies the
+routes, decides who may call them, and speaks its own error dialect.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -39,15 +39,21 @@ class Request:
     headers: Message
     body: bytes
     params: dict[str, str]  # named groups of the route's path pattern
+    scheme: str  # of the listener: http or https
 
     @property
     def bearer_token(self) -> str | None:
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" else None
 
+    def parameter(self, name: str) -> str | None:
+        """The last value of the query parameter `name`, if given."""
+        values = self.query.get(name)
+        return values[-1] if values else None
+
     @property
     def base_url(self) -> str:
-        return f"http://{self.headers.get('Host', 'localhost')}"
+        return f"{self.scheme}://{self.headers.get('Host', 'localhost')}"
 
     def json(self) -> Any:
         try:
@@ -63,9 +69,19 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return Response(status, body, {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})})
+    return Response(status, compact_json(payload).encode(), {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})})
+
+
+def page_response(records: list[str], key: str = "results", **fields: Any) -> Response:
+    """A `{key: [...], **fields}` body around records that are already JSON text."""
+    rest = "".join(f",{compact_json(name)}:{compact_json(value)}" for name, value in fields.items())
+    body = f"{{{compact_json(key)}:[{','.join(records)}]{rest}}}"
+    return Response(200, body.encode(), {"Content-Type": JSON_CONTENT_TYPE})
 
 
 class ApiError(Exception):
@@ -83,6 +99,7 @@ class Route:
     method: str
     pattern: re.Pattern[str]
     handler: Callable[[Request], Response]
+    authenticated: bool = True  # False: the service's `refusal` is skipped (e.g. the route that issues tokens)
 
 
 class Admission(NamedTuple):
@@ -116,10 +133,12 @@ class RollingWindowLimiter:
 
 
 class Service:
-    """One API the sandbox speaks: its routes, token, rate limit and error dialect."""
+    """One API the sandbox speaks: its routes, credentials, rate limit and error dialect.
 
-    def __init__(self, token: str, limiter: RollingWindowLimiter | None, send_retry_after: bool):
-        self.token = token
+    The limiter, if any, counts requests per bearer token.
+    """
+
+    def __init__(self, limiter: RollingWindowLimiter | None, send_retry_after: bool):
         self.limiter = limiter
         self.send_retry_after = send_retry_after
 
@@ -132,14 +151,20 @@ class Service:
     def rate_limited(self, retry_after: float | None) -> Response:
         raise NotImplementedError
 
-    def unauthorized(self) -> Response:
+    def refusal(self, request: Request) -> Response | None:
+        """The answer to a request that may not go on (bad credentials, a spent quota), else None.
+
+        Called once per request to an authenticated route or to no route at all, so a service
+        may count calls here.
+        """
         raise NotImplementedError
 
     def rate_limit_headers(self, admission: Admission) -> dict[str, str]:
         return {}
 
-    def authorized(self, request: Request) -> bool:
-        return hmac.compare_digest((request.bearer_token or "").encode(), self.token.encode())
+    def common_headers(self) -> dict[str, str]:
+        """Headers on every response of this service, errors and scripted faults included."""
+        return {}
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
@@ -203,13 +228,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ApiServer(ThreadingHTTPServer):
-    """Serves the routes of its services on one listener until `stop()`."""
+    """Serves the routes of its services on one listener until `stop()`; over TLS given an `ssl_context`."""
 
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, services: list[Service], faults: FaultPlan, log: RequestLog):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        services: list[Service],
+        faults: FaultPlan,
+        log: RequestLog,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         super().__init__((host, port), _Handler)
+        self._ssl_context = ssl_context
+        self.scheme = "http" if ssl_context is None else "https"
         self._routes = [(route, service) for service in services for route in service.routes()]
         self._default_service = services[0]
         self._faults = faults
@@ -221,7 +256,7 @@ class ApiServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -240,6 +275,22 @@ class ApiServer(ThreadingHTTPServer):
         if self._thread is not None:
             self._thread.join()
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept, wrapping TLS connections without the handshake: the connection's own thread does
+        it (`finish_request`), so a slow or failing client never holds up the accept loop."""
+        connection, address = super().get_request()
+        if self._ssl_context is not None:
+            connection = self._ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except OSError:  # e.g. a client that does not trust the certificate: nothing to answer
+                return
+        super().finish_request(request, client_address)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
@@ -254,9 +305,8 @@ class ApiServer(ThreadingHTTPServer):
         split = urlsplit(handler.path)
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         route, service, params = self._match(handler.command, split.path)
-        request = Request(
-            handler.command, split.path, parse_qs(split.query, keep_blank_values=True), handler.headers, body, params
-        )
+        query = parse_qs(split.query, keep_blank_values=True)
+        request = Request(handler.command, split.path, query, handler.headers, body, params, self.scheme)
         fault = self._faults.take(handler.path)
         kind = fault.kind if fault else None
         if kind == "drop":
@@ -272,6 +322,7 @@ class ApiServer(ThreadingHTTPServer):
             response = service.error(status, HTTPStatus(status).phrase, "INTERNAL_ERROR")
         else:
             response = self._respond(route, service, request)
+        response.headers.update(service.common_headers())
         self._log.append(LoggedRequest(request.method, request.path, split.query, response.status))
         self._write(handler, response, truncate=kind == "drop_mid_body")
 
@@ -284,11 +335,13 @@ class ApiServer(ThreadingHTTPServer):
 
     @staticmethod
     def _respond(route: Route | None, service: Service, request: Request) -> Response:
-        if not service.authorized(request):
-            return service.unauthorized()
+        if route is None or route.authenticated:
+            refusal = service.refusal(request)
+            if refusal is not None:
+                return refusal
         if route is None:
             return service.error(404, f"No route for {request.method} {request.path}", "OBJECT_NOT_FOUND")
-        admission = service.limiter.admit(service.token) if service.limiter else None
+        admission = service.limiter.admit(request.bearer_token or "") if service.limiter else None
         if admission and not admission.allowed:
             return service.rate_limited(admission.retry_after if service.send_retry_after else None)
         try:
