@@ -30,7 +30,10 @@ def main() -> int:
         "dagster/asset_partition_range_end": last_day.isoformat(),
     }
     with Sandbox(end_date=last_day) as sandbox:
-        print(f"Sandbox serving HubSpot at {sandbox.url}; running {JOB} for {first_day}..{last_day} in one run.")
+        print(
+            f"Sandbox serving HubSpot at {sandbox.url} and Salesforce at {sandbox.salesforce_url}; "
+            f"running {JOB} for {first_day}..{last_day} in one run."
+        )
         dagster = str(Path(sys.executable).with_name("dagster"))  # the CLI of this environment
         command = [dagster, "job", "execute", "-m", "revenue_pipelines.definitions", "-j", JOB]
         command += ["--tags", json.dumps(range_tags)]

@@ -1,8 +1,10 @@
 """The one place that reads the process environment and picks resources for it.
 
-LOCAL (the default) runs everything on this machine: HubSpot is the sandbox unless `HUBSPOT_HOST`
-points elsewhere, and assets land as Parquet files under `REVENUE_PIPELINES_DATA_DIR` (default
-`./data`). Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so
+LOCAL (the default) runs everything on this machine: HubSpot and Salesforce are the sandbox unless
+`HUBSPOT_HOST` and `SALESFORCE_TOKEN_URL` point elsewhere, assets land as Parquet files under
+`REVENUE_PIPELINES_DATA_DIR` (default `./data`), and tokens an API issues (Salesforce's rotated
+refresh tokens) are kept in owner-only files under `REVENUE_PIPELINES_TOKEN_DIR` (default
+`./.tokens`). Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so
 definitions load without them and the UI never shows their values.
 """
 
@@ -14,10 +16,14 @@ from pathlib import Path
 import dagster as dg
 
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
+from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+from revenue_pipelines.lib.token_store import FileTokenStore
 
 ENVIRONMENT_VARIABLE = "REVENUE_PIPELINES_ENV"
-SANDBOX_URL = "http://127.0.0.1:8765"  # where `python -m revenue_pipelines.sandbox serve` listens
+# Where `python -m revenue_pipelines.sandbox serve` listens.
+SANDBOX_URL = "http://127.0.0.1:8765"
+SANDBOX_SALESFORCE_URL = "https://127.0.0.1:8766"
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class Environment:
 
     name: str
     hubspot: HubSpotResource
+    salesforce: SalesforceResource
     io_manager: dg.ConfigurableIOManager
 
 
@@ -35,11 +42,20 @@ def get_environment() -> Environment:
     if name != "local":
         raise ValueError(f"{ENVIRONMENT_VARIABLE}={name!r} is not a known environment; the known one is 'local'.")
     data_dir = Path(os.environ.get("REVENUE_PIPELINES_DATA_DIR", "data")).resolve()
+    token_dir = Path(os.environ.get("REVENUE_PIPELINES_TOKEN_DIR", ".tokens")).resolve()
     return Environment(
         name=name,
         hubspot=HubSpotResource(
             access_token=dg.EnvVar("HUBSPOT_ACCESS_TOKEN"),
             host=os.environ.get("HUBSPOT_HOST", SANDBOX_URL),
+        ),
+        salesforce=SalesforceResource(
+            token_url=os.environ.get("SALESFORCE_TOKEN_URL", f"{SANDBOX_SALESFORCE_URL}/services/oauth2/token"),
+            client_id=dg.EnvVar("SALESFORCE_CLIENT_ID"),
+            client_secret=dg.EnvVar("SALESFORCE_CLIENT_SECRET"),
+            refresh_token=dg.EnvVar("SALESFORCE_REFRESH_TOKEN"),
+            token_store=FileTokenStore(directory=str(token_dir)),
+            ca_bundle=os.environ.get("SALESFORCE_CA_BUNDLE") or None,
         ),
         io_manager=PartitionedParquetIOManager(base_dir=str(data_dir)),
     )

@@ -1,4 +1,4 @@
-"""Shared fixtures: a sandbox per test, and helpers to run the HubSpot assets against it."""
+"""Shared fixtures: a sandbox per test, and helpers to run each source's assets against it."""
 
 import warnings
 from collections.abc import Callable, Iterator
@@ -11,13 +11,29 @@ import pytest
 
 from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_contacts, hubspot_deals
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
+from revenue_pipelines.defs.salesforce.assets import (
+    salesforce_accounts,
+    salesforce_contacts,
+    salesforce_leads,
+    salesforce_opportunities,
+    salesforce_users,
+)
+from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+from revenue_pipelines.lib.token_store import FileTokenStore
 from revenue_pipelines.sandbox import Sandbox
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 END = date(2026, 11, 20)
 HUBSPOT_ASSETS = [hubspot_contacts, hubspot_companies, hubspot_deals]
+SALESFORCE_ASSETS = [
+    salesforce_accounts,
+    salesforce_opportunities,
+    salesforce_contacts,
+    salesforce_leads,
+    salesforce_users,
+]
 
 
 @pytest.fixture
@@ -62,6 +78,36 @@ def day_range(first: date, last: date) -> dict[str, str]:
     }
 
 
+def salesforce_resource(sandbox: Sandbox, token_dir: Path, **overrides) -> SalesforceResource:
+    """The production resource, aimed at the sandbox's TLS endpoint, with test-sized backoffs."""
+    env = sandbox.env()
+    config = {
+        "token_url": env["SALESFORCE_TOKEN_URL"],
+        "client_id": env["SALESFORCE_CLIENT_ID"],
+        "client_secret": env["SALESFORCE_CLIENT_SECRET"],
+        "refresh_token": env["SALESFORCE_REFRESH_TOKEN"],
+        "ca_bundle": sandbox.ca_bundle,
+        "token_store": FileTokenStore(directory=str(token_dir)),
+        "backoff_factor_seconds": 0.05,
+        "backoff_max_seconds": 1.0,
+        "timeout_seconds": 5.0,
+        **overrides,
+    }
+    return SalesforceResource(**config)
+
+
+def materialize_range(
+    assets: list, resources: dict[str, object], data_dir: Path, first: date, last: date
+) -> dg.ExecuteInProcessResult:
+    """One single-run backfill of [first, last], written as Parquet under `data_dir`."""
+    return dg.materialize(
+        assets,
+        resources={**resources, "io_manager": PartitionedParquetIOManager(base_dir=str(data_dir))},
+        tags=day_range(first, last),
+        raise_on_error=False,
+    )
+
+
 def materialize_hubspot(
     sandbox: Sandbox,
     data_dir: Path,
@@ -70,20 +116,26 @@ def materialize_hubspot(
     assets: list | None = None,
     resource: HubSpotResource | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One single-run backfill of [first, last] through the real client against the sandbox."""
-    return dg.materialize(
-        assets or HUBSPOT_ASSETS,
-        resources={
-            "hubspot": resource or hubspot_resource(sandbox),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(data_dir)),
-        },
-        tags=day_range(first, last),
-        raise_on_error=False,
-    )
+    """The HubSpot assets through the real client against the sandbox."""
+    resources = {"hubspot": resource or hubspot_resource(sandbox)}
+    return materialize_range(assets or HUBSPOT_ASSETS, resources, data_dir, first, last)
 
 
-def read_layer(data_dir: Path, layer: str, table: str) -> pl.DataFrame:
-    files = sorted((data_dir / "hubspot" / layer / table).glob("*.parquet"))
+def materialize_salesforce(
+    sandbox: Sandbox,
+    data_dir: Path,
+    first: date,
+    last: date,
+    assets: list | None = None,
+    resource: SalesforceResource | None = None,
+) -> dg.ExecuteInProcessResult:
+    """The Salesforce assets through simple-salesforce against the sandbox; tokens kept beside the data."""
+    resources = {"salesforce": resource or salesforce_resource(sandbox, data_dir / ".tokens")}
+    return materialize_range(assets or SALESFORCE_ASSETS, resources, data_dir, first, last)
+
+
+def read_layer(data_dir: Path, source: str, layer: str, table: str) -> pl.DataFrame:
+    files = sorted((data_dir / source / layer / table).glob("*.parquet"))
     return pl.concat([pl.read_parquet(path) for path in files], how="vertical_relaxed")
 
 

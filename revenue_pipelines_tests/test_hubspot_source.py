@@ -23,8 +23,8 @@ FIRST = END - timedelta(days=9)
 
 def _reconcile(sandbox, data_dir, table, first=FIRST, last=END) -> pl.DataFrame:
     """Every expected record exactly once across raw + quarantine, in the partition of its change day."""
-    raw = read_layer(data_dir, "raw", table)
-    quarantined = read_layer(data_dir, "quarantine", table)
+    raw = read_layer(data_dir, "hubspot", "raw", table)
+    quarantined = read_layer(data_dir, "hubspot", "quarantine", table)
     assert quarantined.is_empty()
     assert raw["id"].is_duplicated().sum() == 0
     assert sorted(raw["id"].to_list()) == expected_ids(sandbox, table, first, last)
@@ -44,13 +44,13 @@ def test_a_range_reconciles_with_ground_truth_including_archived_and_association
         assert (joined["archived"] == joined["archived_truth"]).all()
         assert (joined["createdate"] == joined["createdate_truth"].str.to_datetime(time_zone="UTC")).all()
 
-    contacts = read_layer(tmp_path, "raw", "contacts").filter(~pl.col("archived"))
+    contacts = read_layer(tmp_path, "hubspot", "raw", "contacts").filter(~pl.col("archived"))
     links = sandbox.hubspot.truth_associations("contacts", "companies")
     expected = links.group_by("from_id").agg(pl.col("to_id").sort().alias("expected"))
     joined = contacts.join(expected, left_on="id", right_on="from_id", how="left")
     assert joined.height > 0 and (joined["company_ids"] == joined["expected"]).all()
 
-    deals = read_layer(tmp_path, "raw", "deals").filter(~pl.col("archived"))
+    deals = read_layer(tmp_path, "hubspot", "raw", "deals").filter(~pl.col("archived"))
     deal_contacts = sandbox.hubspot.truth_associations("deals", "contacts")
     expected = deal_contacts.group_by("from_id").agg(pl.col("to_id").sort().alias("expected"))
     joined = deals.join(expected, left_on="id", right_on="from_id", how="left")
@@ -58,7 +58,7 @@ def test_a_range_reconciles_with_ground_truth_including_archived_and_association
 
     [contacts_materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
     metadata = contacts_materialization.metadata
-    assert metadata["archived_rows"].value == read_layer(tmp_path, "raw", "contacts")["archived"].sum()
+    assert metadata["archived_rows"].value == read_layer(tmp_path, "hubspot", "raw", "contacts")["archived"].sum()
     assert metadata["window_start"].value == "2026-11-11T00:00:00+00:00"
     assert "| id |" in metadata["preview"].value
 
@@ -146,13 +146,13 @@ def test_bad_records_fail_the_blocking_check_and_sit_in_quarantine(sandbox, tmp_
     assert "amount failed dtype(Float64) in 1 row" in deals_check.description
 
     for table, bad in (("contacts", set(bad_emails) | set(missing_ids)), ("deals", set(negative) | set(wrong_type))):
-        raw = read_layer(tmp_path, "raw", table)
-        quarantined = read_layer(tmp_path, "quarantine", table)
+        raw = read_layer(tmp_path, "hubspot", "raw", table)
+        quarantined = read_layer(tmp_path, "hubspot", "quarantine", table)
         assert quarantined.height == len(bad)
         assert quarantined[QUARANTINE_REASON].null_count() == 0
         assert not set(raw["id"].to_list()) & bad
         assert raw.height + quarantined.height == len(expected_ids(sandbox, table, FIRST, END))
-    quarantined_contacts = read_layer(tmp_path, "quarantine", "contacts")
+    quarantined_contacts = read_layer(tmp_path, "hubspot", "quarantine", "contacts")
     assert sorted(quarantined_contacts.filter(pl.col("id").is_not_null())["email"].unique().to_list()) == [
         "not-an-email"
     ]
@@ -160,10 +160,10 @@ def test_bad_records_fail_the_blocking_check_and_sit_in_quarantine(sandbox, tmp_
 
 def test_rerunning_a_range_gives_identical_output(sandbox, tmp_path):
     assert materialize_hubspot(sandbox, tmp_path, FIRST, END).success
-    first = {table: read_layer(tmp_path, "raw", table) for table in ("contacts", "companies", "deals")}
+    first = {table: read_layer(tmp_path, "hubspot", "raw", table) for table in ("contacts", "companies", "deals")}
     assert materialize_hubspot(sandbox, tmp_path, FIRST, END).success
     for table, frame in first.items():
-        assert read_layer(tmp_path, "raw", table).equals(frame)
+        assert read_layer(tmp_path, "hubspot", "raw", table).equals(frame)
 
 
 def test_schema_drift(sandbox, tmp_path):
@@ -173,7 +173,7 @@ def test_schema_drift(sandbox, tmp_path):
 
     result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals])
 
-    contacts = read_layer(tmp_path, "raw", "contacts")
+    contacts = read_layer(tmp_path, "hubspot", "raw", "contacts")
     assert contacts["jobtitle"].null_count() == contacts.height
     assert "hs_brand_new_field" not in contacts.columns
     [materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
@@ -198,7 +198,7 @@ def test_a_wrong_token_fails_with_the_status_and_no_secret(sandbox, tmp_path):
 
 def test_partition_window_comes_from_the_run(sandbox, tmp_path):
     assert materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_deals]).success
-    raw = read_layer(tmp_path, "raw", "deals")
+    raw = read_layer(tmp_path, "hubspot", "raw", "deals")
     assert set(raw[PARTITION_COLUMN].to_list()) <= {date(2026, 11, 20)}
     _reconcile(sandbox, tmp_path, "deals", END, END)
 

@@ -16,6 +16,10 @@ from pandera.errors import SchemaErrors
 from revenue_pipelines.lib.metadata import markdown_table
 
 QUARANTINE_REASON = "quarantine_reason"
+# Column types and formats the sources' models share.
+UTC_MS = pl.Datetime(time_unit="ms", time_zone="UTC")
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+CURRENCY = r"^[A-Z]{3}$"
 _ROW = "__row"
 _FAILURE_SCHEMA = {_ROW: pl.Int64, "column": pl.Utf8, "check": pl.Utf8, "failure_case": pl.Utf8}
 

@@ -7,10 +7,9 @@ break either land in the table's quarantine with the reason.
 import pandera.polars as pa
 import polars as pl
 
-UTC_MS = pl.Datetime(time_unit="ms", time_zone="UTC")
-EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+from revenue_pipelines.lib.validation import CURRENCY, EMAIL, UTC_MS
+
 DOMAIN = r"^[a-z0-9-]+(\.[a-z0-9-]+)+$"
-CURRENCY = r"^[A-Z]{3}$"
 
 
 class HubSpotRecord(pa.DataFrameModel):

@@ -19,8 +19,9 @@ from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.discovery.discovery_base import DiscoveryBase
 from pydantic import Field, PrivateAttr
 
+from revenue_pipelines.lib.http import transport_retry
+
 HUBSPOT_API = "https://api.hubapi.com"
-RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
 PERMANENT_STATUSES = (400, 401, 403, 404)
 API_EXCEPTIONS = (ObjectsApiException, AssociationsApiException)  # each API package has its own
 SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum for search
@@ -103,20 +104,10 @@ class HubSpotResource(dg.ConfigurableResource):
     _associations: Any = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        retry = urllib3.Retry(
-            total=self.max_retries,
-            allowed_methods=None,  # search is a POST but only reads: safe to repeat
-            status_forcelist=RETRYABLE_STATUSES,
-            backoff_factor=self.backoff_factor_seconds,
-            backoff_jitter=self.backoff_factor_seconds,
-            backoff_max=self.backoff_max_seconds,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
         self._pool = _PreloadingPoolManager(
             num_pools=2,
             maxsize=self.concurrent_requests,
-            retries=retry,
+            retries=transport_retry(self.max_retries, self.backoff_factor_seconds, self.backoff_max_seconds),
             timeout=urllib3.Timeout(connect=10.0, read=self.timeout_seconds),
             ca_certs=certifi.where(),
         )

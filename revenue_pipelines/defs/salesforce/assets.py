@@ -1,0 +1,97 @@
+"""Salesforce's accounts, opportunities, contacts, leads and users as daily raw tables, each with
+quarantine and check."""
+
+from datetime import datetime
+
+import dagster as dg
+import pandera.polars as pa
+
+from revenue_pipelines.defs.salesforce.checks import Account, Contact, Lead, Opportunity, User
+from revenue_pipelines.defs.salesforce.resources import SalesforceObject, SalesforceResource
+from revenue_pipelines.lib.raw_assets import raw_table_asset
+from revenue_pipelines.lib.validation import schema_dtypes
+
+ENVELOPE_COLUMNS = {"id", "IsDeleted", "changed_at"}
+
+
+def _fields_of(schema: type[pa.DataFrameModel]) -> tuple[str, ...]:
+    """The fields to query: every model column that is not part of the envelope."""
+    return tuple(name for name in schema_dtypes(schema) if name not in ENVELOPE_COLUMNS)
+
+
+ACCOUNTS = SalesforceObject("Account", _fields_of(Account))
+OPPORTUNITIES = SalesforceObject("Opportunity", _fields_of(Opportunity))
+CONTACTS = SalesforceObject("Contact", _fields_of(Contact))
+LEADS = SalesforceObject("Lead", _fields_of(Lead))
+USERS = SalesforceObject("User", _fields_of(User), deletable=False)
+
+
+def _salesforce_table(
+    table: str, obj: SalesforceObject, schema: type[pa.DataFrameModel], description: str
+) -> dg.AssetsDefinition:
+    def read(context: dg.AssetExecutionContext, start: datetime, end: datetime):
+        salesforce: SalesforceResource = context.resources.salesforce
+        frame, stats = salesforce.read_window(obj, start, end)
+        metadata = {
+            "deleted_rows": stats.deleted,
+            "api_requests": stats.requests,
+            "api_retries": stats.retries,
+            "session_renewals": stats.session_renewals,
+            "window_splits": stats.window_splits,
+        }
+        if salesforce.api_usage:
+            used, limit = salesforce.api_usage
+            metadata["org_api_usage"] = f"{used:,} of {limit:,} daily requests"
+        if stats.missing_fields:
+            context.log.warning(
+                f"salesforce/raw/{table}: {obj.name} no longer has {', '.join(stats.missing_fields)}; "
+                "the field may have been deleted or renamed, and is read as empty."
+            )
+            metadata["missing_fields"] = ", ".join(stats.missing_fields)
+        return frame, metadata
+
+    return raw_table_asset(
+        source="salesforce",
+        table=table,
+        description=description,
+        schema=schema,
+        read=read,
+        resource_key="salesforce",
+    )
+
+
+salesforce_accounts = _salesforce_table(
+    "accounts",
+    ACCOUNTS,
+    Account,
+    "Salesforce accounts changed or deleted during each UTC day (by SystemModstamp), one row per account, "
+    "with the External_Account_Id__c that links them to other systems. Deleted accounts are kept and flagged "
+    "(`IsDeleted`).",
+)
+salesforce_opportunities = _salesforce_table(
+    "opportunities",
+    OPPORTUNITIES,
+    Opportunity,
+    "Salesforce opportunities changed or deleted during each UTC day: account, stage, amount and currency, "
+    "close date, won/closed flags and lead source. Deleted opportunities are kept and flagged.",
+)
+salesforce_contacts = _salesforce_table(
+    "contacts",
+    CONTACTS,
+    Contact,
+    "Salesforce contacts changed or deleted during each UTC day, with their account. Deleted contacts are "
+    "kept and flagged.",
+)
+salesforce_leads = _salesforce_table(
+    "leads",
+    LEADS,
+    Lead,
+    "Salesforce leads changed or deleted during each UTC day: status, lead source, and what a converted "
+    "lead became (account, contact, opportunity). Deleted leads are kept and flagged.",
+)
+salesforce_users = _salesforce_table(
+    "users",
+    USERS,
+    User,
+    "Salesforce users changed during each UTC day: the owners that accounts, opportunities and leads point to.",
+)

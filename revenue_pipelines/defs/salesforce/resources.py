@@ -1,0 +1,370 @@
+"""Salesforce's REST API through simple-salesforce: every record changed or deleted in a time window."""
+
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import requests
+from pydantic import Field, PrivateAttr
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+
+from revenue_pipelines.lib.http import transport_retry
+from revenue_pipelines.lib.token_store import Tokens, TokenStore
+
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+ENVELOPE = ("Id", "IsDeleted", "SystemModstamp")  # read from every object, whatever the table declares
+BUDGET_EXHAUSTED = "REQUEST_LIMIT_EXCEEDED"
+SESSION_RENEWALS_IN_A_ROW = 2  # a fresh session refused at once means the grant is wrong, not expired
+
+logger = dg.get_dagster_logger("salesforce")
+
+
+@dataclass(frozen=True)
+class SalesforceObject:
+    """What the connector reads of one sObject."""
+
+    name: str
+    """The API name, e.g. `Opportunity`."""
+    fields: tuple[str, ...]
+    """Fields to read besides the envelope (`Id`, `IsDeleted`, `SystemModstamp`)."""
+    deletable: bool = True
+    """False for objects without `IsDeleted` (User: users are deactivated, never deleted)."""
+
+    def __post_init__(self) -> None:
+        # Names go into SOQL text (the query API has no parameters), so only plain identifiers pass.
+        for name in (self.name, *self.fields):
+            if not IDENTIFIER.fullmatch(name):
+                raise ValueError(f"{name!r} is not a Salesforce API name")
+
+    def columns(self, fields: list[str]) -> list[str]:
+        """The envelope the object has, then `fields`: what a query selects."""
+        envelope = ENVELOPE if self.deletable else tuple(name for name in ENVELOPE if name != "IsDeleted")
+        return [*envelope, *fields]
+
+
+@dataclass
+class WindowStats:
+    """What one window's read cost, for the asset's metadata."""
+
+    requests: int = 0
+    retries: int = 0
+    session_renewals: int = 0
+    window_splits: int = 0
+    deleted: int = 0
+    missing_fields: list[str] = field(default_factory=list)
+    """Requested fields the object's describe no longer lists: deleted or renamed at the source."""
+
+
+class _QueryTimeout(Exception):
+    """Salesforce gave up on a query (QUERY_TIMEOUT): the window is too big to read in one query."""
+
+
+class _PinnedTrustSession(requests.Session):
+    """A session whose CA bundle the process environment cannot replace.
+
+    `requests` lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's own `verify`; when the
+    resource is given a bundle, that bundle is what the server must chain to, on every machine.
+    """
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        settings = super().merge_environment_settings(*args, **kwargs)
+        settings["verify"] = self.verify
+        return settings
+
+
+class SalesforceResource(dg.ConfigurableResource):
+    """Salesforce's REST API, read incrementally by `SystemModstamp` window.
+
+    Each window is one `queryAll` (deleted records included, flagged by `IsDeleted`) ordered by
+    `SystemModstamp, Id` and paged by Salesforce's query locator, a snapshot, so records sharing one
+    timestamp across a batch boundary are each read once. The resource owns the session: it runs
+    the refresh-token grant itself, keeps a rotated refresh token in its token store, and repeats
+    the request that met an expired session. It stops before the org's daily API budget runs out,
+    and halves a window whose query times out.
+    """
+
+    token_url: str = Field(description="OAuth token endpoint, e.g. https://login.salesforce.com/services/oauth2/token.")
+    client_id: str = Field(description="Connected app consumer key; supply with EnvVar.")
+    client_secret: str = Field(description="Connected app consumer secret; supply with EnvVar.")
+    refresh_token: str = Field(
+        description="Refresh token of the integration user; supply with EnvVar. Once rotated, the store's token wins."
+    )
+    token_store: TokenStore = Field(description="Where rotated refresh tokens and live sessions are kept.")
+    ca_bundle: str | None = Field(
+        default=None, description="CA bundle the server must chain to; unset uses the system's trust store."
+    )
+    api_version: str = Field(default="62.0", pattern=r"^\d+\.\d$")
+    max_api_usage_share: float = Field(
+        default=0.8, gt=0, le=1, description="Stop before the org has used this share of its daily API requests."
+    )
+    batch_size: int = Field(
+        default=2000, ge=200, le=2000, description="Records per query batch (Sforce-Query-Options)."
+    )
+    max_retries: int = Field(default=8, description="Retries per request on 429, 5xx and dropped connections.")
+    backoff_factor_seconds: float = Field(default=0.5, description="First backoff; doubles per retry, plus jitter.")
+    backoff_max_seconds: float = Field(default=30.0, description="Longest wait between two retries.")
+    timeout_seconds: float = Field(default=120.0, description="Read timeout per request.")
+
+    _http: requests.Session = PrivateAttr()
+    _client: Salesforce | None = PrivateAttr(default=None)
+    _usage: tuple[int, int] | None = PrivateAttr(default=None)
+    _requests: int = PrivateAttr(default=0)
+    _retries: int = PrivateAttr(default=0)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._http = _PinnedTrustSession() if self.ca_bundle else requests.Session()
+        if self.ca_bundle:
+            self._http.verify = self.ca_bundle
+        retry = transport_retry(self.max_retries, self.backoff_factor_seconds, self.backoff_max_seconds)
+        self._http.mount("https://", HTTPAdapter(max_retries=retry))
+        self._http.hooks["response"].append(self._observe)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._http.close()
+
+    def read_window(self, obj: SalesforceObject, start: datetime, end: datetime) -> tuple[pl.DataFrame, WindowStats]:
+        """Every record of `obj` changed or deleted in [start, end), as received (text columns).
+
+        Columns: `id`, `IsDeleted`, `changed_at` (the record's `SystemModstamp`) and each requested
+        field the object still has, under its API name.
+        """
+        stats = WindowStats()
+        requests_before, retries_before = self._requests, self._retries
+        fields = self._present_fields(obj, stats)
+        pages: list[pl.DataFrame] = []
+        pending = [(start, end)]
+        while pending:
+            low, high = pending.pop()
+            try:
+                pages += self._read_query(obj, fields, low, high, stats)
+            except _QueryTimeout:
+                middle = low + timedelta(seconds=(high - low).total_seconds() // 2)
+                if middle <= low:
+                    raise dg.Failure(
+                        description=f"Salesforce timed out querying {obj.name} even for the one second "
+                        f"from {low.isoformat()}; the object needs a selective index on SystemModstamp.",
+                        allow_retries=True,
+                    ) from None
+                pending += [(middle, high), (low, middle)]  # earlier half first
+                stats.window_splits += 1
+        frame = pl.concat([_text_frame(obj, fields, []), *pages], how="vertical", rechunk=True)
+        frame = frame.rename({"Id": "id", "SystemModstamp": "changed_at"})
+        if not obj.deletable:
+            frame = frame.with_columns(IsDeleted=pl.lit("false"))
+        stats.deleted = frame.filter(pl.col("IsDeleted") == "true").height
+        stats.requests = self._requests - requests_before
+        stats.retries = self._retries - retries_before
+        return frame, stats
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, limit) of the org's daily API requests, as of the last response."""
+        return self._usage
+
+    def _present_fields(self, obj: SalesforceObject, stats: WindowStats) -> list[str]:
+        """The object's requested fields that its describe still lists; the others are reported, not queried."""
+        timeout = self._request_options()["timeout"]
+        describe = self._call(stats, lambda sf: sf.restful(f"sobjects/{obj.name}/describe", timeout=timeout))
+        existing = {item["name"] for item in describe["fields"]}
+        stats.missing_fields = [name for name in obj.fields if name not in existing]
+        return [name for name in obj.fields if name in existing]
+
+    def _read_query(
+        self, obj: SalesforceObject, fields: list[str], start: datetime, end: datetime, stats: WindowStats
+    ) -> list[pl.DataFrame]:
+        soql = window_soql(obj.name, obj.columns(fields), start, end)
+        options = self._request_options()
+        result = self._call(stats, lambda sf: sf.query(soql, include_deleted=True, **options))
+        pages = [_text_frame(obj, fields, result["records"])]
+        while not result["done"]:
+            next_url = result["nextRecordsUrl"]
+            result = self._call(stats, lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True, **options))
+            pages.append(_text_frame(obj, fields, result["records"]))
+        return pages
+
+    def _request_options(self) -> dict[str, Any]:
+        return {
+            "timeout": (10.0, self.timeout_seconds),
+            "headers": {"Sforce-Query-Options": f"batchSize={self.batch_size}"},
+        }
+
+    def _call(self, stats: WindowStats, request: Callable[[Salesforce], Any]) -> Any:
+        """One API call through the client, with the session, budget and body-read faults handled here.
+
+        Statuses and connection failures are retried underneath, in urllib3. What urllib3 cannot see
+        is handled here: a body cut short after the headers arrived (re-requested with backoff), an
+        expired session (renewed, then the same request again), and Salesforce's own refusals.
+        """
+        renewals_in_a_row = 0
+        broken_bodies = 0
+        while True:
+            self._check_budget()
+            try:
+                client = self._session()
+                return request(client)
+            except SalesforceExpiredSession:
+                if renewals_in_a_row >= SESSION_RENEWALS_IN_A_ROW:
+                    raise dg.Failure(
+                        description="Salesforce rejected every new session at once (INVALID_SESSION_ID); "
+                        "check the connected app's session policies and the integration user.",
+                        allow_retries=False,
+                    ) from None
+                self._renew_session(stale_access_token=client.session_id)
+                renewals_in_a_row += 1
+                stats.session_renewals += 1
+            except requests.exceptions.SSLError as error:
+                raise dg.Failure(
+                    description=f"The Salesforce server's TLS certificate was not trusted ({error}). Set "
+                    "SALESFORCE_CA_BUNDLE to the CA bundle it chains to, or fix the machine's trust store.",
+                    allow_retries=False,  # a retry meets the same certificate
+                ) from None
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+                broken_bodies += 1
+                if broken_bodies > self.max_retries:
+                    raise
+                self._retries += 1
+                time.sleep(self._backoff(broken_bodies))
+            except SalesforceError as error:
+                raise _refusal(error) from None
+
+    def _backoff(self, attempt: int) -> float:
+        wait = min(self.backoff_max_seconds, self.backoff_factor_seconds * 2 ** (attempt - 1))
+        return wait + random.uniform(0, self.backoff_factor_seconds)  # jitter, not a secret
+
+    def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Every response: count it and its transport retries, and note the org's API usage."""
+        self._requests += 1
+        retries = getattr(response.raw, "retries", None)
+        self._retries += len(retries.history) if retries else 0
+        usage = Salesforce.parse_api_usage(response.headers.get("Sforce-Limit-Info") or "").get("api-usage")
+        if usage is not None:
+            self._usage = (usage.used, usage.total)
+
+    def _check_budget(self) -> None:
+        if self._usage is None:
+            return
+        used, limit = self._usage
+        if used >= self.max_api_usage_share * limit:
+            raise dg.Failure(
+                description=f"Salesforce API budget: the org has used {used:,} of its {limit:,} daily API "
+                f"requests ({used / limit:.0%}); this pipeline stops at {self.max_api_usage_share:.0%} "
+                "(max_api_usage_share) to leave the rest to other integrations. Run it again once the "
+                "rolling 24-hour usage has fallen.",
+                allow_retries=False,
+            )
+
+    def _session(self) -> Salesforce:
+        if self._client is None:
+            self._renew_session(stale_access_token=None)
+        assert self._client is not None
+        return self._client
+
+    def _renew_session(self, stale_access_token: str | None) -> None:
+        """Adopt the store's session unless it is the one that just expired; else run the refresh grant.
+
+        Under the store's lock, so parallel steps refresh once and a rotated refresh token is saved
+        before anyone can need it.
+        """
+        key = self._store_key()
+        with self.token_store.locked(key):
+            saved = self.token_store.load(key) or {}
+            if not saved.get("access_token") or saved["access_token"] == stale_access_token:
+                saved = self._grant(saved.get("refresh_token") or self.refresh_token)
+                self.token_store.save(key, saved)
+        self._client = Salesforce(
+            instance_url=saved["instance_url"],
+            session_id=saved["access_token"],
+            version=self.api_version,
+            session=self._http,
+        )
+
+    def _grant(self, refresh_token: str) -> Tokens:
+        response = self._http.post(
+            self.token_url,
+            data={
+                "grant_type": "refresh_token",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "refresh_token": refresh_token,
+            },
+            timeout=(10.0, self.timeout_seconds),
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.status_code != 200 or "access_token" not in answer:
+            raise dg.Failure(
+                description=f"Salesforce refused the refresh-token grant at {self.token_url} with "
+                f"{response.status_code} {answer.get('error', '')}: "
+                f"{answer.get('error_description', response.reason)}. "
+                "If the refresh token was revoked or expired, authorise the connected app again and "
+                "set SALESFORCE_REFRESH_TOKEN.",
+                allow_retries=False,
+            )
+        rotated = "refresh_token" in answer
+        logger.info(f"Salesforce session renewed{'; the rotated refresh token is saved' if rotated else ''}.")
+        return {
+            "access_token": answer["access_token"],
+            "instance_url": answer["instance_url"],
+            "refresh_token": answer.get("refresh_token", refresh_token),
+        }
+
+    def _store_key(self) -> str:
+        """One store entry per connected app and configured refresh token (hashed, never stored in clear)."""
+        identity = f"{self.token_url}\n{self.client_id}\n{self.refresh_token}".encode()
+        return "salesforce-" + hashlib.sha256(identity).hexdigest()[:32]
+
+
+def _refusal(error: SalesforceError) -> Exception:
+    """A Salesforce error answer as the exception the step should end with."""
+    items = [item for item in error.content if isinstance(item, dict)] if isinstance(error.content, list) else []
+    codes = {item.get("errorCode") for item in items}
+    if "QUERY_TIMEOUT" in codes:
+        return _QueryTimeout()
+    message = "; ".join(f"{item.get('errorCode')}: {item.get('message')}" for item in items) or str(error.content)[:500]
+    if BUDGET_EXHAUSTED in codes:
+        return dg.Failure(
+            description=f"Salesforce API budget exhausted ({message}); nothing more can be read until "
+            "the org's rolling 24-hour usage falls.",
+            allow_retries=False,
+        )
+    # Throttling and server errors outlasted the transport retries: the step's RetryPolicy tries later.
+    transient = error.status == 429 or error.status >= 500
+    return dg.Failure(
+        description=f"Salesforce answered {error.status} to {error.resource_name}: {message}",
+        allow_retries=transient,
+    )
+
+
+def window_soql(sobject: str, columns: list[str], start: datetime, end: datetime) -> str:
+    """The SOQL for one window. The query API takes no parameters: the names are checked identifiers
+    (`SalesforceObject`) and the bounds are formatted from datetimes, so no text reaches it unchecked."""
+    window = f"SystemModstamp >= {_soql_instant(start)} AND SystemModstamp < {_soql_instant(end)}"
+    return f"SELECT {', '.join(columns)} FROM {sobject} WHERE {window} ORDER BY SystemModstamp, Id"  # noqa: S608
+
+
+def _soql_instant(instant: datetime) -> str:
+    """A SOQL datetime literal (whole seconds, UTC): formatted from a datetime, never from text."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text_frame(obj: SalesforceObject, fields: list[str], records: list[dict[str, Any]]) -> pl.DataFrame:
+    """A batch of records as text columns, every requested field present (null when the object lost it)."""
+    columns = obj.columns(fields)
+    frame = (
+        pl.from_dicts(records, schema=dict.fromkeys(columns, pl.String))
+        if records
+        else pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    )
+    missing = [name for name in obj.fields if name not in fields]
+    return frame.with_columns(pl.lit(None, dtype=pl.String).alias(name) for name in missing)

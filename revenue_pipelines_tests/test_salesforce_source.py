@@ -1,0 +1,255 @@
+"""Salesforce end to end: the real simple-salesforce client against the TLS sandbox, reconciled with its truth."""
+
+import json
+import os
+import stat
+from datetime import UTC, date, datetime, timedelta
+
+import certifi
+import dagster as dg
+import polars as pl
+import pytest
+
+from revenue_pipelines.defs.salesforce.assets import salesforce_opportunities
+from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.lib.validation import QUARANTINE_REASON
+from revenue_pipelines_tests.conftest import END, materialize_salesforce, read_layer, salesforce_resource
+
+FIRST = END - timedelta(days=4)
+SOBJECTS = {
+    "accounts": "Account",
+    "opportunities": "Opportunity",
+    "contacts": "Contact",
+    "leads": "Lead",
+    "users": "User",
+}
+
+
+@pytest.fixture
+def sandbox(sandbox_factory):
+    return sandbox_factory(seed=5, companies=80, days=8, opportunities=2400)
+
+
+def _window(first: date, last: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    return start, start + timedelta(days=(last - first).days + 1)
+
+
+def expected(sandbox, table: str, first: date = FIRST, last: date = END) -> pl.DataFrame:
+    """Ground truth: every record, deleted ones included, whose SystemModstamp falls in [first, last]."""
+    start, end = _window(first, last)
+    truth = sandbox.salesforce.truth(SOBJECTS[table])
+    return truth.filter(pl.col("SystemModstamp").is_between(start, end, closed="left")).sort("Id")
+
+
+def _reconcile(sandbox, data_dir, table: str, first: date = FIRST, last: date = END) -> pl.DataFrame:
+    """Every expected record exactly once, deleted ones flagged, each in the partition of its change day."""
+    raw = read_layer(data_dir, "salesforce", "raw", table)
+    assert read_layer(data_dir, "salesforce", "quarantine", table).is_empty()
+    assert raw["id"].is_duplicated().sum() == 0
+    truth = expected(sandbox, table, first, last)
+    assert sorted(raw["id"].to_list()) == truth["Id"].to_list()
+    joined = raw.join(truth, left_on="id", right_on="Id", suffix="_truth")
+    deleted_in_truth = joined["IsDeleted_truth"] if "IsDeleted" in truth.columns else False  # User has none
+    assert (joined["IsDeleted"] == deleted_in_truth).all()
+    assert (joined["changed_at"] == joined["SystemModstamp"]).all()
+    assert (raw[PARTITION_COLUMN] == raw["changed_at"].dt.date()).all()
+    return raw
+
+
+def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict[str, object]:
+    [materialization, *_] = result.asset_materializations_for_node(node)
+    return {name: value.value for name, value in materialization.metadata.items()}
+
+
+def test_a_range_of_every_object_reconciles_with_ground_truth_including_deletes(sandbox, tmp_path):
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END)
+    assert result.success
+
+    for table in SOBJECTS:
+        raw = _reconcile(sandbox, tmp_path, table)
+        assert raw.height > 0
+        if table != "users":
+            assert raw["IsDeleted"].sum() > 0, f"{table}: the range should include deleted records"
+    opportunities = read_layer(tmp_path, "salesforce", "raw", "opportunities")
+    truth = expected(sandbox, "opportunities")
+    joined = opportunities.join(truth, left_on="id", right_on="Id", suffix="_truth")
+    assert (joined["Amount"] == joined["Amount_truth"]).all()
+    assert (joined["StageName"] == joined["StageName_truth"]).all()
+    assert (joined["CloseDate"].eq_missing(joined["CloseDate_truth"])).all()
+
+    metadata = _metadata(result, "salesforce_opportunities")
+    assert metadata["deleted_rows"] == truth["IsDeleted"].sum()
+    assert metadata["session_renewals"] == 0
+    assert "of 100,000 daily requests" in str(metadata["org_api_usage"])
+
+
+def test_a_session_that_expires_again_and_again_mid_run_is_renewed_and_nothing_is_lost(sandbox, tmp_path):
+    sandbox.salesforce.session_max_calls = 3
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", batch_size=200)
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities], resource)
+    assert result.success
+
+    _reconcile(sandbox, tmp_path, "opportunities")
+    renewals = _metadata(result, "salesforce_opportunities")["session_renewals"]
+    assert renewals >= 2
+    assert sandbox.salesforce.token_grants == renewals + 1  # the first session, then one per expiry
+
+
+def test_rotated_refresh_tokens_are_kept_owner_only_and_used_by_the_next_run(sandbox, tmp_path):
+    sandbox.salesforce.rotate_refresh_tokens = True
+    sandbox.salesforce.session_max_calls = 3
+    configured = sandbox.env()["SALESFORCE_REFRESH_TOKEN"]
+    token_dir = tmp_path / "tokens"
+    resource = salesforce_resource(sandbox, token_dir, batch_size=200)
+    assert materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities], resource).success
+    _reconcile(sandbox, tmp_path, "opportunities")
+
+    assert sandbox.salesforce.token_grants >= 3
+    assert sandbox.salesforce.refresh_token != configured  # the configured token no longer works
+    [token_file] = token_dir.glob("*.json")
+    assert json.loads(token_file.read_text())["refresh_token"] == sandbox.salesforce.refresh_token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_dir.stat().st_mode) == 0o700
+
+    # The next run starts from the store, not from the configured (now dead) refresh token.
+    sandbox.salesforce.expire_sessions()
+    again = salesforce_resource(sandbox, token_dir, refresh_token=configured)
+    assert materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], again).success
+
+    # Without the store, the configured token is refused, and the error says what to do, not the token.
+    lost = salesforce_resource(sandbox, tmp_path / "empty_store", refresh_token=configured)
+    failed = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], lost)
+    assert not failed.success
+    message = _failure_message(failed)
+    assert "invalid_grant" in message and "SALESFORCE_REFRESH_TOKEN" in message
+    assert configured not in message
+
+
+def test_ties_on_systemmodstamp_across_batch_boundaries_are_read_exactly_once(sandbox, tmp_path):
+    batch = 200
+    # A bulk job stamps more records than a batch holds with one instant, so the tie must straddle
+    # a batch boundary whatever else the day holds.
+    job_at = datetime.combine(END, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12, microseconds=123_000)
+    live = sandbox.salesforce.truth("Opportunity").filter(~pl.col("IsDeleted"))
+    for record_id in live["Id"].head(batch + 50):
+        sandbox.salesforce.touch("Opportunity", record_id, job_at)
+    stamps = expected(sandbox, "opportunities", END, END).sort("SystemModstamp", "Id")["SystemModstamp"]
+    assert any(stamps[i - 1] == stamps[i] for i in range(batch, len(stamps), batch))
+
+    sandbox.salesforce.session_max_calls = 2  # and renew sessions right at those boundaries
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", batch_size=batch)
+    assert materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource).success
+    _reconcile(sandbox, tmp_path, "opportunities", END, END)
+
+
+def test_a_query_timeout_splits_the_window_until_each_half_answers(sandbox, tmp_path):
+    sandbox.salesforce.query_timeout_rows = 100  # a day holds about 300; no instant more than 100
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities])
+    assert result.success
+
+    _reconcile(sandbox, tmp_path, "opportunities")
+    assert sandbox.salesforce.query_timeouts > 0
+    assert _metadata(result, "salesforce_opportunities")["window_splits"] == sandbox.salesforce.query_timeouts
+
+
+def test_the_budget_guard_stops_before_the_share_of_the_daily_limit_is_used(sandbox, tmp_path):
+    sandbox.salesforce.daily_api_limit = 10_000
+    sandbox.salesforce.api_usage = 7_999
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", batch_size=200, max_api_usage_share=0.8)
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities], resource)
+
+    assert not result.success
+    message = _failure_message(result)
+    assert "8,000 of its 10,000 daily API requests" in message and "80%" in message
+    assert sandbox.salesforce.api_usage == 8_000  # stopped at the line, not past it
+
+
+def test_an_exhausted_org_budget_fails_clearly_without_retrying(sandbox, tmp_path):
+    sandbox.salesforce.daily_api_limit = 1_000
+    sandbox.salesforce.api_usage = 1_000
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", max_api_usage_share=1.0)
+    result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
+
+    assert not result.success
+    assert "REQUEST_LIMIT_EXCEEDED" in _failure_message(result)
+    assert sandbox.requests.count(status=403) == 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "rate_limit", "times": 3, "retry_after": 1},
+        {"kind": "rate_limit", "times": 3},
+        {"kind": "status", "times": 4, "status": 503},
+        {"kind": "drop", "times": 2},
+        {"kind": "drop_mid_body", "times": 2},
+    ],
+    ids=["429-retry-after", "429-backoff", "503-burst", "dropped-connection", "dropped-mid-body"],
+)
+def test_transport_faults_mid_read_lose_and_duplicate_nothing(sandbox, tmp_path, fault):
+    options = dict(fault)
+    sandbox.faults.add(options.pop("kind"), path_contains="/query", skip=2, **options)
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", batch_size=200)
+    assert materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities], resource).success
+    _reconcile(sandbox, tmp_path, "opportunities")
+    assert not sandbox.faults.pending
+
+
+def test_bad_records_are_quarantined_and_the_check_names_asset_field_and_count(sandbox, tmp_path):
+    malformed = {
+        kind: sandbox.salesforce.malform("Opportunity", kind, within=_window(FIRST, END))
+        for kind in ("short_id", "negative_amount", "unknown_stage", "closed_without_close_date")
+    }
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities])
+    assert not result.success  # the blocking check failed
+
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.description.startswith("salesforce/raw/opportunities: 4 of ")
+    for problem in (
+        "id failed str_matches",
+        "Amount failed greater_than_or_equal_to(0) in 1 row",
+        "StageName failed isin",
+        "CloseDate_present_when_IsClosed in 1 row",
+    ):
+        assert problem in check.description
+
+    quarantined = read_layer(tmp_path, "salesforce", "quarantine", "opportunities")
+    raw = read_layer(tmp_path, "salesforce", "raw", "opportunities")
+    assert quarantined.height == 4 and quarantined[QUARANTINE_REASON].is_not_null().all()
+    assert set(quarantined["id"]) == set(malformed.values())
+    assert raw.height + quarantined.height == expected(sandbox, "opportunities").height
+
+
+def test_the_ca_bundle_is_pinned_against_the_callers_environment(sandbox, tmp_path, monkeypatch):
+    # Some machines point REQUESTS_CA_BUNDLE at a bundle that knows nothing of this server.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    assert materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities]).success
+
+    untrusted = salesforce_resource(sandbox, tmp_path / "tokens", ca_bundle=None, max_retries=0)
+    result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], untrusted)
+    assert not result.success
+    assert "CERTIFICATE_VERIFY_FAILED" in _failure_message(result)
+
+
+def test_wrong_client_credentials_fail_fast_and_no_secret_reaches_the_logs(sandbox, tmp_path):
+    env = sandbox.env()
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", client_secret="not-the-secret")
+    result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
+    assert not result.success
+    assert "invalid_client" in _failure_message(result)
+
+    ok = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities])
+    assert ok.success
+    logged = "\n".join(str(event) for run in (result, ok) for event in run.all_events)
+    for secret in (env["SALESFORCE_CLIENT_SECRET"], env["SALESFORCE_REFRESH_TOKEN"], "not-the-secret"):
+        assert secret not in logged
+    for path in (tmp_path / ".tokens").glob("*.json"):
+        assert json.loads(path.read_text())["access_token"] not in logged
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert failures, "the step should have failed"
+    return "\n".join(str(event.step_failure_data.error) for event in failures) + os.linesep
