@@ -5,6 +5,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+from simple_salesforce.util import exception_handler
 
 from revenue_pipelines.lib.http import transport_retry
 from revenue_pipelines.lib.token_store import Tokens, TokenStore
@@ -156,7 +158,8 @@ class SalesforceResource(dg.ConfigurableResource):
                     ) from None
                 pending += [(middle, high), (low, middle)]  # earlier half first
                 stats.window_splits += 1
-        frame = pl.concat([_text_frame(obj, fields, []), *pages], how="vertical", rechunk=True)
+        empty = pl.DataFrame(schema=dict.fromkeys(obj.columns(fields), pl.String))
+        frame = pl.concat([_complete(empty, obj, fields), *pages], how="vertical", rechunk=True)
         frame = frame.rename({"Id": "id", "SystemModstamp": "changed_at"})
         if not obj.deletable:
             frame = frame.with_columns(IsDeleted=pl.lit("false"))
@@ -181,15 +184,35 @@ class SalesforceResource(dg.ConfigurableResource):
     def _read_query(
         self, obj: SalesforceObject, fields: list[str], start: datetime, end: datetime, stats: WindowStats
     ) -> list[pl.DataFrame]:
-        soql = window_soql(obj.name, obj.columns(fields), start, end)
+        """One query's batches as frames. The next batch is fetched while the current one becomes a
+        frame, so the server's time and ours overlap; one request is in flight at a time."""
+        columns = obj.columns(fields)
+        first = {"q": window_soql(obj.name, columns, start, end)}
+        pages = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salesforce-query") as fetcher:
+            body = self._call(stats, lambda sf: self._get_batch(sf, sf.base_url + "queryAll/", first))
+            while True:
+                page = _parse_batch(body, columns)
+                following = None
+                if not page.done:
+                    url = page.next_records_url
+                    following = fetcher.submit(
+                        self._call, stats, lambda sf, url=url: self._get_batch(sf, f"https://{sf.sf_instance}{url}")
+                    )
+                pages.append(_complete(page.records, obj, fields))
+                if following is None:
+                    return pages
+                body = following.result()
+
+    def _get_batch(self, sf: Salesforce, url: str, params: dict[str, str] | None = None) -> bytes:
+        """One query batch, undecoded. simple-salesforce's session, headers and error mapping, but
+        not its json.loads: Polars parses the body about five times faster (bench/ingest_salesforce.py)."""
         options = self._request_options()
-        result = self._call(stats, lambda sf: sf.query(soql, include_deleted=True, **options))
-        pages = [_text_frame(obj, fields, result["records"])]
-        while not result["done"]:
-            next_url = result["nextRecordsUrl"]
-            result = self._call(stats, lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True, **options))
-            pages.append(_text_frame(obj, fields, result["records"]))
-        return pages
+        headers = {**sf.headers, **options["headers"]}
+        response = sf.session.get(url, params=params, headers=headers, timeout=options["timeout"])
+        if response.status_code >= 300:
+            exception_handler(response, name="query")
+        return response.content
 
     def _request_options(self) -> dict[str, Any]:
         return {
@@ -358,13 +381,23 @@ def _soql_instant(instant: datetime) -> str:
     return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _text_frame(obj: SalesforceObject, fields: list[str], records: list[dict[str, Any]]) -> pl.DataFrame:
-    """A batch of records as text columns, every requested field present (null when the object lost it)."""
-    columns = obj.columns(fields)
-    frame = (
-        pl.from_dicts(records, schema=dict.fromkeys(columns, pl.String))
-        if records
-        else pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
-    )
+@dataclass(frozen=True)
+class _Batch:
+    records: pl.DataFrame
+    done: bool
+    next_records_url: str | None
+
+
+def _parse_batch(body: bytes, columns: list[str]) -> _Batch:
+    """A query batch's records as text columns (`columns` only; `attributes` is dropped)."""
+    record = pl.Struct(dict.fromkeys(columns, pl.String))
+    schema = {"done": pl.Boolean, "nextRecordsUrl": pl.String, "records": pl.List(record)}
+    page = pl.read_json(body, schema=schema)
+    records = page["records"].explode(empty_as_null=False).struct.unnest()
+    return _Batch(records, bool(page["done"][0]), page["nextRecordsUrl"][0])
+
+
+def _complete(frame: pl.DataFrame, obj: SalesforceObject, fields: list[str]) -> pl.DataFrame:
+    """Every field the object declares, null where the org no longer has it."""
     missing = [name for name in obj.fields if name not in fields]
     return frame.with_columns(pl.lit(None, dtype=pl.String).alias(name) for name in missing)
