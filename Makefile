@@ -46,4 +46,5 @@ sandbox: install
 	$(RUN) python -m revenue_pipelines.sandbox serve
 
 bench: install
-	$(RUN) python bench/ingest_hubspot.py
+	$(RUN) python -m bench.ingest_hubspot
+	$(RUN) python -m bench.ingest_salesforce

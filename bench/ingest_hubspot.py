@@ -1,4 +1,5 @@
-"""Throughput of the HubSpot contacts asset against the floor, on the sandbox. Run by hand: `make bench`.
+"""Throughput of the HubSpot contacts asset against the floor, on the sandbox. Run by hand: `make bench`
+(or `uv run python -m bench.ingest_hubspot`).
 
 The floor is the least any client could do: the same pages from the same server (the search
 pages, the archived list, the association batches), fetched one after another with plain urllib3
@@ -9,19 +10,12 @@ rows/s. The search pages alone are printed too, for scale.
 
 import argparse
 import json
-import shlex
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import urllib3
 
+from bench.harness import Measured, materialized, print_rounds, sandbox_process, seconds_of
 from revenue_pipelines.defs.hubspot.assets import CONTACTS, hubspot_contacts
 from revenue_pipelines.defs.hubspot.resources import (
     ASSOCIATION_BATCH_LIMIT,
@@ -29,7 +23,6 @@ from revenue_pipelines.defs.hubspot.resources import (
     SEARCH_PAGE_LIMIT,
     HubSpotResource,
 )
-from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 
 END = date(2026, 11, 20)
 DAYS = 30
@@ -86,65 +79,10 @@ def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-@contextmanager
-def sandbox_process(contacts: int) -> Iterator[dict[str, str]]:
-    """The sandbox in its own process, as a real API would be: its work does not share our GIL."""
-    command = [sys.executable, "-m", "revenue_pipelines.sandbox", "serve", "--port", "0", "--seed", "1"]
-    command += [
-        "--companies",
-        str(contacts // 5),
-        "--days",
-        str(DAYS),
-        "--end-date",
-        END.isoformat(),
-        "--no-rate-limit",
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        env = dict(shlex.split(server.stdout.readline().removeprefix("export "))[0].split("=", 1) for _ in range(2))
-        yield env
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def seconds_of(measure: Callable[[], int]) -> tuple[int, float]:
-    began = time.perf_counter()
-    rows = measure()
-    return rows, time.perf_counter() - began
-
-
-def asset_step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
-    """The asset step's own duration, from its start event to its success event (job setup excluded)."""
-    times = {
-        entry.dagster_event.event_type_value: entry.timestamp
-        for entry in instance.all_logs(run_id)
-        if entry.dagster_event is not None and entry.dagster_event.is_step_event
-    }
-    return times["STEP_SUCCESS"] - times["STEP_START"]
-
-
 FLOOR = "floor: urllib3 + json.loads of the same pages"
 SEARCH_ONLY = "  (for scale: the search pages alone)"
 CONNECTOR = "connector: read_window (client, archived, associations)"
 ASSET = "asset: hubspot/raw/contacts step (validate, write, events)"
-
-
-def materialized_contacts(resource: HubSpotResource, first: date) -> tuple[int, float]:
-    """Rows and step seconds of one single-run materialization of the contacts asset."""
-    with tempfile.TemporaryDirectory() as data_dir, dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(
-            [hubspot_contacts],
-            instance=instance,
-            resources={"hubspot": resource, "io_manager": PartitionedParquetIOManager(base_dir=data_dir)},
-            tags={
-                "dagster/asset_partition_range_start": first.isoformat(),
-                "dagster/asset_partition_range_end": END.isoformat(),
-            },
-        )
-        [materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
-        rows = materialization.metadata["rows"].value + materialization.metadata["quarantined_rows"].value
-        return rows, asset_step_seconds(instance, result.run_id)
 
 
 def main() -> None:
@@ -156,10 +94,9 @@ def main() -> None:
     first = END - timedelta(days=DAYS - 1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(END + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    # This machine drifts between fast and slow periods, so every round measures each contender
-    # back to back and ratios are taken within a round; the median round is the result.
-    rounds: list[dict[str, tuple[int, float]]] = []
-    with sandbox_process(args.contacts) as env:
+    rounds: list[Measured] = []
+    options = ["--seed", "1", "--companies", str(args.contacts // 5), "--days", str(DAYS)]
+    with sandbox_process(*options, "--end-date", END.isoformat(), "--no-rate-limit") as env:
         url, token = env["HUBSPOT_HOST"], env["HUBSPOT_ACCESS_TOKEN"]
         resource = HubSpotResource(access_token=token, host=url)
         http = urllib3.PoolManager(headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -173,24 +110,12 @@ def main() -> None:
                     FLOOR: seconds_of(lambda: floor_all_pages(http, url, start, end)),
                     SEARCH_ONLY: seconds_of(lambda: len(floor_search(http, url, start, end))),
                     CONNECTOR: seconds_of(lambda: resources.hubspot.read_window(CONTACTS, start, end)[0].height),
-                    ASSET: materialized_contacts(resource, first),
+                    ASSET: materialized(hubspot_contacts, {"hubspot": resource}, first, END),
                 }
                 rounds.append(measured)
 
     print(f"\nabout {args.contacts:,} contacts; window {first}..{END} ({DAYS} days); sandbox in its own process\n")
-    print(f"| round | {'measure':<58} | {'rows':>8} | {'seconds':>7} | {'rows/s':>8} | {'vs floor':>8} |")
-    print(f"|-------|{'-' * 60}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|")
-    asset_ratios = []
-    for number, measured in enumerate(rounds, start=1):
-        floor_rate = measured[FLOOR][0] / measured[FLOOR][1]
-        for name, (rows, seconds) in measured.items():
-            ratio = rows / seconds / floor_rate
-            print(
-                f"| {number:>5} | {name:<58} | {rows:>8,} | {seconds:>7.2f} | {rows / seconds:>8,.0f} | {ratio:>8.2f} |"
-            )
-        asset_ratios.append(measured[ASSET][0] / measured[ASSET][1] / floor_rate)
-    print(f"\nasset vs floor per round: {', '.join(f'{r:.2f}' for r in asset_ratios)}")
-    print(f"median: {statistics.median(asset_ratios):.2f} (target: at least 0.70)")
+    print_rounds(rounds, FLOOR, ASSET)
 
 
 if __name__ == "__main__":
