@@ -6,17 +6,17 @@ table]` and a blocking check, so every source behaves the same in the UI, in bac
 data is bad.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
-import pandera.polars as pa
 import polars as pl
 
 from revenue_pipelines.lib.metadata import markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
-from revenue_pipelines.lib.validation import check_result, validate
+from revenue_pipelines.lib.validation import Schema, as_schema, check_result, validate
 
 OWNERS = ["team:revops-data"]
 SCHEMA_CHECK = "rows_match_schema"
@@ -28,9 +28,23 @@ SOURCE_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
-ReadWindow = Callable[[dg.AssetExecutionContext, datetime, datetime], tuple[pl.DataFrame, Mapping[str, Any]]]
-"""Reads one time window from a source: the rows as received, with an `id` and a `changed_at`
-column (when the row entered the window), and metadata about the read."""
+# The day a row belongs to, for sources that stamp rows with the instant they changed.
+CHANGED_DAY = pl.col(CHANGED_AT).str.to_datetime(strict=False, time_zone="UTC").dt.date()
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """What a source read for one time window."""
+
+    rows: pl.DataFrame
+    """The rows as received (text columns)."""
+    metadata: Mapping[str, Any]
+    """About the read, for the materialization: requests, retries, what the API reported."""
+    checks: Sequence[dg.AssetCheckResult] = ()
+    """Verdicts of the source's own checks on what the API said of the data (declared as `check_specs`)."""
+
+
+ReadWindow = Callable[[dg.AssetExecutionContext, datetime, datetime], WindowRead]
 
 
 def raw_table_asset(
@@ -38,11 +52,19 @@ def raw_table_asset(
     source: str,
     table: str,
     description: str,
-    schema: type[pa.DataFrameModel],
+    schema: Schema,
     read: ReadWindow,
     resource_key: str,
+    partition_day: pl.Expr = CHANGED_DAY,
+    key: Sequence[str] = ("id",),
+    check_specs: Sequence[dg.AssetCheckSpec] = (),
 ) -> dg.AssetsDefinition:
-    """A raw table of `source`, partitioned by ingestion day, with its quarantine and check."""
+    """A raw table of `source`, partitioned by day, with its quarantine and check.
+
+    `partition_day` computes each row's day from the rows as received; `key` identifies a row
+    within its day (the output is sorted by it); `check_specs` are the source's own checks,
+    evaluated by `read`.
+    """
     raw_key = dg.AssetKey([source, "raw", table])
     quarantine_key = dg.AssetKey([source, "quarantine", table])
     common = {
@@ -83,9 +105,11 @@ def raw_table_asset(
                 asset=raw_key,
                 blocking=True,
                 description=(
-                    f"Every row meets {schema.__name__}; fails, and blocks downstream, when any row is quarantined."
+                    f"Every row meets {as_schema(schema).name}; fails, and blocks downstream, when any row "
+                    "is quarantined."
                 ),
-            )
+            ),
+            *check_specs,
         ],
         partitions_def=DAILY_INGESTION,
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -95,12 +119,10 @@ def raw_table_asset(
     )
     def _raw_table(context: dg.AssetExecutionContext):
         start, end = context.partition_time_window
-        raw, read_metadata = read(context, start, end)
-        raw = raw.with_columns(
-            pl.col(CHANGED_AT).str.to_datetime(strict=False, time_zone="UTC").dt.date().alias(PARTITION_COLUMN)
-        )
+        window_read = read(context, start, end)
+        raw = window_read.rows.with_columns(partition_day.alias(PARTITION_COLUMN))
         validated = validate(raw, schema)
-        valid = validated.valid.sort(PARTITION_COLUMN, "id")
+        valid = validated.valid.sort(PARTITION_COLUMN, *key)
         window = {"window_start": start.isoformat(), "window_end": end.isoformat()}
         yield dg.MaterializeResult(
             asset_key=raw_key,
@@ -109,7 +131,7 @@ def raw_table_asset(
                 "rows": valid.height,
                 "quarantined_rows": validated.quarantined.height,
                 **window,
-                **read_metadata,
+                **window_read.metadata,
                 "preview": dg.MetadataValue.md(markdown_table(valid)),
             },
         )
@@ -119,5 +141,6 @@ def raw_table_asset(
             metadata={"rows": validated.quarantined.height, **window},
         )
         yield check_result(raw_key, validated, SCHEMA_CHECK)
+        yield from window_read.checks
 
     return _raw_table

@@ -40,9 +40,18 @@ class Validated:
         return self.valid.height + self.quarantined.height
 
 
-def schema_dtypes(schema: type[pa.DataFrameModel]) -> dict[str, pl.DataType]:
-    """The Polars type of every column the model declares."""
-    return {name: column.dtype.type for name, column in schema.to_schema().columns.items()}
+Schema = type[pa.DataFrameModel] | pa.DataFrameSchema
+"""A table's rules: a model class where the table is fixed, a schema object where it is built from
+configuration (GA4's reports)."""
+
+
+def as_schema(schema: Schema) -> pa.DataFrameSchema:
+    return schema if isinstance(schema, pa.DataFrameSchema) else schema.to_schema()
+
+
+def schema_dtypes(schema: Schema) -> dict[str, pl.DataType]:
+    """The Polars type of every column the schema declares."""
+    return {name: column.dtype.type for name, column in as_schema(schema).columns.items()}
 
 
 def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -62,7 +71,7 @@ def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
     return text.cast(dtype, strict=False)
 
 
-def validate(raw: pl.DataFrame, schema: type[pa.DataFrameModel]) -> Validated:
+def validate(raw: pl.DataFrame, schema: Schema) -> Validated:
     """Cast `raw` to `schema`, run its checks, and split passing from failing rows.
 
     Columns the schema does not declare pass through untouched; declared columns missing from
@@ -119,7 +128,7 @@ def _cast_failures(raw: pl.DataFrame, typed: pl.DataFrame, dtypes: dict[str, pl.
     return pl.concat(frames) if frames else pl.DataFrame(schema=_FAILURE_SCHEMA)
 
 
-def _check_failures(typed: pl.DataFrame, schema: type[pa.DataFrameModel]) -> pl.DataFrame:
+def _check_failures(typed: pl.DataFrame, schema: Schema) -> pl.DataFrame:
     """Rows that break one of the schema's rules; a frame-level failure counts against every row."""
     try:
         schema.validate(typed, lazy=True)

@@ -7,7 +7,7 @@ import pandera.polars as pa
 
 from revenue_pipelines.defs.hubspot.checks import Company, Contact, Deal
 from revenue_pipelines.defs.hubspot.resources import HubSpotObject, HubSpotResource
-from revenue_pipelines.lib.raw_assets import raw_table_asset
+from revenue_pipelines.lib.raw_assets import WindowRead, raw_table_asset
 from revenue_pipelines.lib.validation import schema_dtypes
 
 ENVELOPE = {"id", "archived", "archived_at", "updated_at", "changed_at"}
@@ -48,7 +48,7 @@ def _hubspot_table(obj: HubSpotObject, schema: type[pa.DataFrameModel], descript
                 "on any record; the property may have been removed or renamed."
             )
             metadata["missing_properties"] = ", ".join(stats.missing_properties)
-        return frame, metadata
+        return WindowRead(frame, metadata)
 
     return raw_table_asset(
         source="hubspot",

@@ -8,7 +8,7 @@ import pandera.polars as pa
 
 from revenue_pipelines.defs.salesforce.checks import Account, Contact, Lead, Opportunity, User
 from revenue_pipelines.defs.salesforce.resources import SalesforceObject, SalesforceResource
-from revenue_pipelines.lib.raw_assets import raw_table_asset
+from revenue_pipelines.lib.raw_assets import WindowRead, raw_table_asset
 from revenue_pipelines.lib.validation import schema_dtypes
 
 ENVELOPE_COLUMNS = {"id", "IsDeleted", "changed_at"}
@@ -48,7 +48,7 @@ def _salesforce_table(
                 "the field may have been deleted or renamed, and is read as empty."
             )
             metadata["missing_fields"] = ", ".join(stats.missing_fields)
-        return frame, metadata
+        return WindowRead(frame, metadata)
 
     return raw_table_asset(
         source="salesforce",
