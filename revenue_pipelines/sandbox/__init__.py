@@ -4,11 +4,14 @@
         client = hubspot.HubSpot(access_token=sb.token, host=sb.url)
         sb.hubspot.truth("contacts")          # what a correct extraction must produce
         sb.salesforce.truth("Opportunity")    # Salesforce, over TLS at sb.salesforce_url (CA: sb.ca_bundle)
+        sb.ga4.truth(["date", "sessionSource"], ["sessions"], "2026-11-01", "2026-11-07")  # GA4, at sb.url
         sb.faults.add("status", status=503)   # the next request fails
         sb.requests.count(status=200)         # what the server really saw
 
 The data set is a pure function of the parameters, so a test can compare a pipeline's output
-with the ground truth exactly, and script transport and data faults around it.
+with the ground truth exactly, and script transport and data faults around it. GA4's Data API
+shares HubSpot's listener (its client needs no TLS); its traffic comes from the campaigns and
+sources the CRM records name, so the three can be joined.
 """
 
 from __future__ import annotations
@@ -24,23 +27,28 @@ from typing import NamedTuple
 import trustme
 
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
+from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.hubspot import HubSpot
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 
-__all__ = ["Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
+__all__ = ["GA4", "Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
 
 
 class _Listeners(NamedTuple):
-    hubspot: ApiServer
+    hubspot: ApiServer  # GA4 too
     salesforce: ApiServer
     files: Path
     """A private directory for the CA bundle and the token store, removed when the sandbox stops."""
 
 
 class Sandbox:
-    """HubSpot on a plain HTTP listener and Salesforce on a TLS one (simple-salesforce insists on
-    https), signed by a CA made for this sandbox; data is generated at construction."""
+    """HubSpot and GA4 on a plain HTTP listener and Salesforce on a TLS one (simple-salesforce
+    insists on https), signed by a CA made for this sandbox; data is generated at construction.
+
+    `ga4_rows_per_day` sizes GA4's traffic: about that many fact rows a day (default 300); with
+    110,000, a three-day report by date, landing page and campaign runs past 250,000 rows.
+    """
 
     def __init__(
         self,
@@ -58,6 +66,7 @@ class Sandbox:
         opportunities: int | None = None,
         rate_limit_retry_after: bool = True,
         salesforce_port: int = 0,
+        ga4_rows_per_day: int | None = None,
     ):
         self.token = token or secrets.token_urlsafe(24)
         self.faults = FaultPlan()
@@ -80,6 +89,7 @@ class Sandbox:
             days=days,
             end_date=end_date,
         )
+        self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
         self._ca = trustme.CA()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
@@ -112,13 +122,15 @@ class Sandbox:
             "SALESFORCE_CLIENT_SECRET": self.salesforce.client_secret,
             "SALESFORCE_REFRESH_TOKEN": self.salesforce.refresh_token,
             "SALESFORCE_CA_BUNDLE": self.ca_bundle,
+            "GA4_API_ENDPOINT": self.url,
+            "GA4_PROPERTY_ID": self.ga4.property_id,
             # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
             "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
         }
 
     def start(self) -> Sandbox:
         if self._listeners is None:
-            hubspot = ApiServer(self._host, self._ports[0], [self.hubspot], self.faults, self.requests)
+            hubspot = ApiServer(self._host, self._ports[0], [self.hubspot, self.ga4], self.faults, self.requests)
             try:
                 salesforce = ApiServer(
                     self._host, self._ports[1], [self.salesforce], self.faults, self.requests, ssl_context=self._tls

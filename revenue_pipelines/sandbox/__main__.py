@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         opportunities=args.opportunities,
         port=args.port,
         salesforce_port=args.salesforce_port,
+        ga4_rows_per_day=args.ga4_rows_per_day,
     )
     if args.command == "serve":
         return _serve(sandbox)
@@ -64,6 +65,13 @@ def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, def
     parser.add_argument("--days", type=int, default=30, help="days of modifications, ending with --end-date")
     parser.add_argument("--end-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD, default yesterday UTC")
     parser.add_argument("--no-rate-limit", action="store_true")
+    parser.add_argument(
+        "--ga4-rows-per-day",
+        type=int,
+        default=None,
+        help="GA4 fact rows a day (default 300); 110000 takes a 3-day report by date, landing page and campaign "
+        "past 250,000 rows",
+    )
 
 
 def _serve(sandbox: Sandbox) -> int:
@@ -74,7 +82,7 @@ def _serve(sandbox: Sandbox) -> int:
         for name, value in sandbox.env().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
         print("# ready", flush=True)  # the environment is complete; scripts may stop reading
-        message = f"# HubSpot sandbox on {sandbox.url}, Salesforce on {sandbox.salesforce_url}; Ctrl-C stops it"
+        message = f"# HubSpot and GA4 sandbox on {sandbox.url}, Salesforce on {sandbox.salesforce_url}; Ctrl-C stops it"
         print(message, file=sys.stderr, flush=True)
         stopped.wait()
     return 0
