@@ -1,7 +1,7 @@
 """The one place that reads the process environment and picks resources for it.
 
-LOCAL (the default) runs everything on this machine: HubSpot and Salesforce are the sandbox unless
-`HUBSPOT_HOST` and `SALESFORCE_TOKEN_URL` point elsewhere, assets land as Parquet files under
+LOCAL (the default) runs everything on this machine: HubSpot, Salesforce and GA4 are the sandbox
+unless `HUBSPOT_HOST`, `SALESFORCE_TOKEN_URL` and `GA4_API_ENDPOINT` point elsewhere, assets land as Parquet files under
 `REVENUE_PIPELINES_DATA_DIR` (default `./data`), and tokens an API issues (Salesforce's rotated
 refresh tokens) are kept in owner-only files under `REVENUE_PIPELINES_TOKEN_DIR` (default
 `./.tokens`). Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
@@ -33,6 +34,7 @@ class Environment:
     name: str
     hubspot: HubSpotResource
     salesforce: SalesforceResource
+    ga4: GA4Resource
     io_manager: dg.ConfigurableIOManager
 
 
@@ -56,6 +58,13 @@ def get_environment() -> Environment:
             refresh_token=dg.EnvVar("SALESFORCE_REFRESH_TOKEN"),
             token_store=FileTokenStore(directory=str(token_dir)),
             ca_bundle=os.environ.get("SALESFORCE_CA_BUNDLE") or None,
+        ),
+        ga4=GA4Resource(
+            property_id=dg.EnvVar("GA4_PROPERTY_ID"),
+            api_endpoint=os.environ.get("GA4_API_ENDPOINT", SANDBOX_URL),
+            service_account_json=(
+                dg.EnvVar("GA4_SERVICE_ACCOUNT_JSON") if os.environ.get("GA4_SERVICE_ACCOUNT_JSON") else None
+            ),
         ),
         io_manager=PartitionedParquetIOManager(base_dir=str(data_dir)),
     )

@@ -9,6 +9,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from revenue_pipelines.defs.ga4.assets import ga4_report_assets
+from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_contacts, hubspot_deals
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.salesforce.assets import (
@@ -132,6 +134,35 @@ def materialize_salesforce(
     """The Salesforce assets through simple-salesforce against the sandbox; tokens kept beside the data."""
     resources = {"salesforce": resource or salesforce_resource(sandbox, data_dir / ".tokens")}
     return materialize_range(assets or SALESFORCE_ASSETS, resources, data_dir, first, last)
+
+
+def ga4_resource(sandbox: Sandbox, **overrides) -> GA4Resource:
+    """The production resource, aimed at the sandbox (anonymous: it is on this machine), test-sized waits."""
+    config = {
+        "property_id": sandbox.ga4.property_id,
+        "api_endpoint": sandbox.url,
+        "backoff_factor_seconds": 0.05,
+        "backoff_max_seconds": 0.5,
+        "retry_deadline_seconds": 20.0,
+        "quota_poll_seconds": 0.2,
+        "max_quota_wait_seconds": 20.0,
+        "timeout_seconds": 30.0,
+        **overrides,
+    }
+    return GA4Resource(**config)
+
+
+def materialize_ga4(
+    sandbox: Sandbox,
+    data_dir: Path,
+    first: date,
+    last: date,
+    assets: list | None = None,
+    resource: GA4Resource | None = None,
+) -> dg.ExecuteInProcessResult:
+    """The GA4 report assets through google-analytics-data's REST transport against the sandbox."""
+    resources = {"ga4": resource or ga4_resource(sandbox)}
+    return materialize_range(assets or ga4_report_assets, resources, data_dir, first, last)
 
 
 def read_layer(data_dir: Path, source: str, layer: str, table: str) -> pl.DataFrame:

@@ -3,16 +3,23 @@
 from datetime import UTC, datetime
 
 import dagster as dg
+import pytest
 
 from revenue_pipelines.definitions import defs
+from revenue_pipelines.defs.ga4.reports import REPORTS, Report
+
+RAW_TABLES = [
+    *(f"hubspot/raw/{table}" for table in ("contacts", "companies", "deals")),
+    *(f"salesforce/raw/{table}" for table in ("accounts", "opportunities", "contacts", "leads", "users")),
+    *(f"ga4/raw/{report.name}" for report in REPORTS),
+]
 
 
 def test_every_asset_is_documented_grouped_kinded_and_owned():
     repository = defs().get_repository_def()
     specs = [spec for assets in repository.assets_defs_by_key.values() for spec in assets.specs]
-    assert {spec.key.to_user_string() for spec in specs} >= {
-        f"hubspot/{layer}/{table}" for layer in ("raw", "quarantine") for table in ("contacts", "companies", "deals")
-    }
+    keys = {spec.key.to_user_string() for spec in specs}
+    assert keys >= {*RAW_TABLES, *(table.replace("/raw/", "/quarantine/") for table in RAW_TABLES)}
     for spec in specs:
         source, layer, table = spec.key.path
         assert spec.description, spec.key
@@ -24,10 +31,14 @@ def test_every_asset_is_documented_grouped_kinded_and_owned():
 
 def test_raw_tables_have_a_blocking_schema_check():
     assets_defs = set(defs().get_repository_def().assets_defs_by_key.values())
-    checks = {spec.asset_key.to_user_string(): spec for assets in assets_defs for spec in assets.check_specs}
-    for table in ("contacts", "companies", "deals"):
-        check = checks[f"hubspot/raw/{table}"]
-        assert check.name == "rows_match_schema" and check.blocking
+    checks = {
+        (spec.asset_key.to_user_string(), spec.name): spec for assets in assets_defs for spec in assets.check_specs
+    }
+    for table in RAW_TABLES:
+        assert checks[table, "rows_match_schema"].blocking
+    for report in REPORTS:  # GA4's own flags warn; they do not block
+        for name in ("not_sampled", "not_thresholded", "no_other_row"):
+            assert not checks[f"ga4/raw/{report.name}", name].blocking
 
 
 def test_the_daily_schedule_runs_the_previous_day():
@@ -36,3 +47,20 @@ def test_the_daily_schedule_runs_the_previous_day():
     [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-11-21"
     assert schedule.job_name == "daily_revenue_job"
+
+
+def test_the_ga4_late_data_schedule_pulls_the_last_three_days_again_in_one_run():
+    schedule = defs().get_schedule_def("ga4_late_data_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 5, 0, tzinfo=UTC))
+    [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key_range == dg.PartitionKeyRange("2026-11-19", "2026-11-21")
+    assert schedule.job_name == "ga4_late_data_job"
+
+
+def test_a_misconfigured_ga4_report_fails_at_load_naming_the_report_and_the_field():
+    with pytest.raises(
+        ValueError, match=r"GA4 report 'landing_pages': 'sesions' is not a GA4 metric; did you mean 'sessions'\?"
+    ):
+        Report("landing_pages", "Sessions by landing page.", ("landingPage",), ("sesions",))
+    with pytest.raises(ValueError, match=r"'landingPag' is not a GA4 dimension"):
+        Report("landing_pages", "Sessions by landing page.", ("landingPag",), ("sessions",))

@@ -4,7 +4,7 @@ import dagster as dg
 
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
-SOURCES = ["hubspot", "salesforce"]
+SOURCES = ["hubspot", "salesforce", "ga4"]
 
 daily_revenue_job = dg.define_asset_job(
     "daily_revenue_job",
