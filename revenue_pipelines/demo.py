@@ -31,7 +31,7 @@ def main() -> int:
     }
     with Sandbox(end_date=last_day) as sandbox:
         print(
-            f"Sandbox serving HubSpot at {sandbox.url} and Salesforce at {sandbox.salesforce_url}; "
+            f"Sandbox serving HubSpot and GA4 at {sandbox.url}, Salesforce at {sandbox.salesforce_url}; "
             f"running {JOB} for {first_day}..{last_day} in one run."
         )
         dagster = str(Path(sys.executable).with_name("dagster"))  # the CLI of this environment

@@ -61,6 +61,7 @@ def test_every_report_over_a_range_reconciles_with_ground_truth(sandbox, tmp_pat
         metadata = _metadata(result, report)
         assert metadata["api_requests"] == 1  # the whole window in one request
         assert metadata["property_tokens_remaining_today"] < sandbox.ga4.tokens_per_day
+        assert metadata["property_quota"]["tokens_per_hour"]["consumed"] >= 1
 
 
 def test_a_report_past_250000_rows_is_paged_and_every_row_arrives_once(sandbox_factory, tmp_path):
@@ -166,3 +167,15 @@ def test_transient_failures_are_retried_and_nothing_is_lost(sandbox, tmp_path, f
     assert materialize_ga4(sandbox, tmp_path, FIRST, END, [ASSET[report.name]]).success
     assert_frame_equal(stored(tmp_path, report), expected(sandbox, report, FIRST, END))
     assert not sandbox.faults.pending
+
+
+def test_a_malformed_service_account_key_fails_naming_the_setting_not_its_contents(sandbox, tmp_path):
+    key = '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----MIIEv0nlyInTheKey'
+    resource = ga4_resource(sandbox, api_endpoint="analyticsdata.googleapis.com", service_account_json=key)
+    result = materialize_ga4(sandbox, tmp_path, END, END, [ASSET["traffic_by_channel"]], resource)
+
+    assert not result.success
+    logged = "\n".join(str(event) for event in result.all_events)
+    assert "GA4_SERVICE_ACCOUNT_JSON is not a service account key" in logged
+    assert "MIIEv0nlyInTheKey" not in logged
+    assert sandbox.requests.count(path_contains=":runReport") == 0

@@ -24,8 +24,14 @@ def ga4_report_asset(report: Report) -> dg.AssetsDefinition:
             "subject_to_thresholding": result.thresholded,
             "data_loss_from_other_row": result.other_row,
         }
-        if "tokens_per_day" in result.quota:
+        if result.quota:
             metadata["property_tokens_remaining_today"] = result.quota["tokens_per_day"][1]
+            metadata["property_quota"] = dg.MetadataValue.json(
+                {
+                    name: {"consumed": consumed, "remaining": remaining}
+                    for name, (consumed, remaining) in result.quota.items()
+                }
+            )
         return WindowRead(result.rows, metadata, ga4_check_results(asset_key, result))
 
     return raw_table_asset(

@@ -236,6 +236,7 @@ def _note(read: ReportRead, response: RunReportResponse) -> None:
     for name in (
         "tokens_per_day",
         "tokens_per_hour",
+        "tokens_per_project_per_hour",
         "concurrent_requests",
         "server_errors_per_project_per_hour",
         "potentially_thresholded_requests_per_hour",
