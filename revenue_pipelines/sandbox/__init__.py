@@ -6,12 +6,14 @@
         sb.salesforce.truth("Opportunity")    # Salesforce, over TLS at sb.salesforce_url (CA: sb.ca_bundle)
         sb.ga4.truth(["date", "sessionSource"], ["sessions"], "2026-11-01", "2026-11-07")  # GA4, at sb.url
         sb.faults.add("status", status=503)   # the next request fails
+        sb.bigquery.client()                  # BigQuery's emulator, given Sandbox(bigquery=True)
         sb.requests.count(status=200)         # what the server really saw
 
 The data set is a pure function of the parameters, so a test can compare a pipeline's output
 with the ground truth exactly, and script transport and data faults around it. GA4's Data API
 shares HubSpot's listener (its client needs no TLS); its traffic comes from the campaigns and
-sources the CRM records name, so the three can be joined.
+sources the CRM records name, so the three can be joined. BigQuery (`bigquery.py`) is the
+local-bigquery emulator in a child process; it takes seconds to start, so it is off by default.
 """
 
 from __future__ import annotations
@@ -26,20 +28,21 @@ from typing import NamedTuple
 
 import trustme
 
+from revenue_pipelines.sandbox.bigquery import BigQuery
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.hubspot import HubSpot
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 
-__all__ = ["GA4", "Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
+__all__ = ["GA4", "BigQuery", "Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
 
 
 class _Listeners(NamedTuple):
-    hubspot: ApiServer  # GA4 too
+    hubspot: ApiServer  # GA4 and BigQuery's token endpoint too
     salesforce: ApiServer
     files: Path
-    """A private directory for the CA bundle and the token store, removed when the sandbox stops."""
+    """A private directory for the CA bundle, the token store and BigQuery's data, removed when the sandbox stops."""
 
 
 class Sandbox:
@@ -48,6 +51,8 @@ class Sandbox:
 
     `ga4_rows_per_day` sizes GA4's traffic: about that many fact rows a day (default 300); with
     110,000, a three-day report by date, landing page and campaign runs past 250,000 rows.
+
+    `bigquery=True` adds an empty BigQuery (`self.bigquery`, else None), which starts in seconds.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Sandbox:
         rate_limit_retry_after: bool = True,
         salesforce_port: int = 0,
         ga4_rows_per_day: int | None = None,
+        bigquery: bool = False,
     ):
         self.token = token or secrets.token_urlsafe(24)
         self.faults = FaultPlan()
@@ -90,6 +96,7 @@ class Sandbox:
             end_date=end_date,
         )
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
+        self.bigquery = BigQuery() if bigquery else None
         self._ca = trustme.CA()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
@@ -126,11 +133,13 @@ class Sandbox:
             "GA4_PROPERTY_ID": self.ga4.property_id,
             # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
             "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
+            **(self.bigquery.env() if self.bigquery else {}),
         }
 
     def start(self) -> Sandbox:
         if self._listeners is None:
-            hubspot = ApiServer(self._host, self._ports[0], [self.hubspot, self.ga4], self.faults, self.requests)
+            services = [self.hubspot, self.ga4, *([self.bigquery.oauth] if self.bigquery else [])]
+            hubspot = ApiServer(self._host, self._ports[0], services, self.faults, self.requests)
             try:
                 salesforce = ApiServer(
                     self._host, self._ports[1], [self.salesforce], self.faults, self.requests, ssl_context=self._tls
@@ -143,10 +152,18 @@ class Sandbox:
             self._listeners = _Listeners(hubspot, salesforce, files)
             hubspot.start()
             salesforce.start()
+            if self.bigquery:
+                try:
+                    self.bigquery.start(files / "bigquery", token_uri=f"{hubspot.url}/token")
+                except BaseException:
+                    self.stop()
+                    raise
         return self
 
     def stop(self) -> None:
         if self._listeners is not None:
+            if self.bigquery:
+                self.bigquery.stop()
             self._listeners.hubspot.stop()
             self._listeners.salesforce.stop()
             shutil.rmtree(self._listeners.files, ignore_errors=True)

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         salesforce_port=args.salesforce_port,
         ga4_rows_per_day=args.ga4_rows_per_day,
+        bigquery=not args.no_bigquery,
     )
     if args.command == "serve":
         return _serve(sandbox)
@@ -66,6 +67,9 @@ def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, def
     parser.add_argument("--end-date", type=date.fromisoformat, default=None, help="YYYY-MM-DD, default yesterday UTC")
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument(
+        "--no-bigquery", action="store_true", help="skip BigQuery's emulator, which takes seconds to start"
+    )
+    parser.add_argument(
         "--ga4-rows-per-day",
         type=int,
         default=None,
@@ -82,7 +86,10 @@ def _serve(sandbox: Sandbox) -> int:
         for name, value in sandbox.env().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
         print("# ready", flush=True)  # the environment is complete; scripts may stop reading
-        message = f"# HubSpot and GA4 sandbox on {sandbox.url}, Salesforce on {sandbox.salesforce_url}; Ctrl-C stops it"
+        message = f"# HubSpot and GA4 sandbox on {sandbox.url}, Salesforce on {sandbox.salesforce_url}"
+        if sandbox.bigquery:
+            message += f", BigQuery on {sandbox.bigquery.endpoint}"
+        message += "; Ctrl-C stops it"
         print(message, file=sys.stderr, flush=True)
         stopped.wait()
     return 0

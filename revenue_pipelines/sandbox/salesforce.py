@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
-from urllib.parse import parse_qs
 
 import polars as pl
 
@@ -42,6 +41,7 @@ from revenue_pipelines.sandbox.server import (
     Route,
     Service,
     json_response,
+    oauth_error,
     page_response,
     retry_after_header,
 )
@@ -239,21 +239,17 @@ class Salesforce(Service):
 
     def _grant(self, request: Request) -> Response:
         """The refresh-token grant; errors are OAuth's, not the REST API's."""
-        form = parse_qs(request.body.decode("utf-8", "replace"))
-
-        def presented(name: str) -> str:
-            return (form.get(name) or [""])[-1]
-
-        if presented("grant_type") != "refresh_token":
-            return _oauth_error("unsupported_grant_type", "grant type not supported")
-        if not _same(presented("client_id"), self.client_id):
-            return _oauth_error("invalid_client_id", "client identifier invalid")
-        if not _same(presented("client_secret"), self.client_secret):
-            return _oauth_error("invalid_client", "invalid client credentials")
+        form = request.form()
+        if form.get("grant_type") != "refresh_token":
+            return oauth_error("unsupported_grant_type", "grant type not supported")
+        if not _same(form.get("client_id", ""), self.client_id):
+            return oauth_error("invalid_client_id", "client identifier invalid")
+        if not _same(form.get("client_secret", ""), self.client_secret):
+            return oauth_error("invalid_client", "invalid client credentials")
         access_token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(72)}"
         with self._lock:
-            if not _same(presented("refresh_token"), self.refresh_token):
-                return _oauth_error("invalid_grant", "expired access/refresh token")
+            if not _same(form.get("refresh_token", ""), self.refresh_token):
+                return oauth_error("invalid_grant", "expired access/refresh token")
             self._sessions[access_token] = _Session(time.monotonic())
             self.token_grants += 1
             if self.rotate_refresh_tokens:
@@ -384,7 +380,3 @@ def _same(presented: str, expected: str) -> bool:
 
 def _new_refresh_token() -> str:
     return "5Aep861" + secrets.token_urlsafe(64)
-
-
-def _oauth_error(error: str, description: str) -> Response:
-    return json_response(400, {"error": error, "error_description": description})

@@ -55,6 +55,10 @@ class Request:
     def base_url(self) -> str:
         return f"{self.scheme}://{self.headers.get('Host', 'localhost')}"
 
+    def form(self) -> dict[str, str]:
+        """The last value of each field of an application/x-www-form-urlencoded body."""
+        return {name: values[-1] for name, values in parse_qs(self.body.decode("utf-8", "replace")).items()}
+
     def json(self) -> Any:
         try:
             return json.loads(self.body or b"null")
@@ -75,6 +79,11 @@ def compact_json(value: Any) -> str:
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(status, compact_json(payload).encode(), {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})})
+
+
+def oauth_error(error: str, description: str, status: int = 400) -> Response:
+    """RFC 6749's error body, which token endpoints answer instead of their API's own."""
+    return json_response(status, {"error": error, "error_description": description})
 
 
 def page_response(records: list[str], key: str = "results", **fields: Any) -> Response:
