@@ -1,15 +1,21 @@
 """The one place that reads the process environment and picks resources for it.
 
-LOCAL (the default) runs everything on this machine: HubSpot, Salesforce and GA4 are the sandbox
-unless `HUBSPOT_HOST`, `SALESFORCE_TOKEN_URL` and `GA4_API_ENDPOINT` point elsewhere, assets land as Parquet files under
-`REVENUE_PIPELINES_DATA_DIR` (default `./data`), and tokens an API issues (Salesforce's rotated
-refresh tokens) are kept in owner-only files under `REVENUE_PIPELINES_TOKEN_DIR` (default
-`./.tokens`). Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so
-definitions load without them and the UI never shows their values.
+`REVENUE_PIPELINES_ENV` names the environment; each is a resource set, built by the same code from
+different settings:
+
+- LOCAL (the default) runs everything on this machine: HubSpot, Salesforce and GA4 are the
+  sandbox unless `HUBSPOT_HOST`, `SALESFORCE_TOKEN_URL` and `GA4_API_ENDPOINT` point elsewhere,
+  assets land as Parquet files under `REVENUE_PIPELINES_DATA_DIR` (default `./data`), and rotated
+  Salesforce refresh tokens are kept under `REVENUE_PIPELINES_TOKEN_DIR` (default `./.tokens`).
+- PROD talks to the real services and lands assets in BigQuery. A setting it cannot do without
+  fails definition load, with every missing variable named at once.
+
+Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so the UI never
+shows their values (PROD checks only that they are set).
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -18,13 +24,17 @@ import dagster as dg
 from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
+from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.token_store import FileTokenStore
 
 ENVIRONMENT_VARIABLE = "REVENUE_PIPELINES_ENV"
+ENVIRONMENTS = ("local", "prod")
 # Where `python -m revenue_pipelines.sandbox serve` listens.
 SANDBOX_URL = "http://127.0.0.1:8765"
 SANDBOX_SALESFORCE_URL = "https://127.0.0.1:8766"
+REQUIRED = "required"
+"""A PROD default that is no default: the variable must be set."""
 
 
 @dataclass(frozen=True)
@@ -38,33 +48,89 @@ class Environment:
     io_manager: dg.ConfigurableIOManager
 
 
+@dataclass
+class _Settings:
+    """The process environment as one environment reads it, noting what PROD lacks."""
+
+    name: str
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def prod(self) -> bool:
+        return self.name == "prod"
+
+    def value(self, variable: str, local: str | None, prod: str | None) -> str | None:
+        """The variable's value, else this environment's default (`REQUIRED`: none, it must be set)."""
+        if os.environ.get(variable):
+            return os.environ[variable]
+        default = prod if self.prod else local
+        if default == REQUIRED:
+            self.missing.append(variable)
+            return None
+        return default
+
+    def secret(self, variable: str, optional: bool = False) -> dg.EnvVar | None:
+        """A credential, read when a run starts. PROD requires it now unless `optional`."""
+        if os.environ.get(variable):
+            return dg.EnvVar(variable)
+        if optional:
+            return None
+        if self.prod:
+            self.missing.append(variable)
+        return dg.EnvVar(variable)
+
+
 @cache
 def get_environment() -> Environment:
     name = os.environ.get(ENVIRONMENT_VARIABLE, "local").lower()
-    if name != "local":
-        raise ValueError(f"{ENVIRONMENT_VARIABLE}={name!r} is not a known environment; the known one is 'local'.")
-    data_dir = Path(os.environ.get("REVENUE_PIPELINES_DATA_DIR", "data")).resolve()
-    token_dir = Path(os.environ.get("REVENUE_PIPELINES_TOKEN_DIR", ".tokens")).resolve()
+    if name not in ENVIRONMENTS:
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE}={name!r} is not a known environment; known: {', '.join(ENVIRONMENTS)}."
+        )
+    settings = _Settings(name)
+    environment = _resources(settings)
+    if settings.missing:
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE}={name} needs these variables, which are not set: {', '.join(settings.missing)}. "
+            "See deploy/README.md."
+        )
+    return environment
+
+
+def _resources(settings: _Settings) -> Environment:
+    token_dir = settings.value("REVENUE_PIPELINES_TOKEN_DIR", local=".tokens", prod=REQUIRED) or ""
     return Environment(
-        name=name,
+        name=settings.name,
         hubspot=HubSpotResource(
-            access_token=dg.EnvVar("HUBSPOT_ACCESS_TOKEN"),
-            host=os.environ.get("HUBSPOT_HOST", SANDBOX_URL),
+            access_token=settings.secret("HUBSPOT_ACCESS_TOKEN"),
+            host=settings.value("HUBSPOT_HOST", local=SANDBOX_URL, prod="https://api.hubapi.com"),
         ),
         salesforce=SalesforceResource(
-            token_url=os.environ.get("SALESFORCE_TOKEN_URL", f"{SANDBOX_SALESFORCE_URL}/services/oauth2/token"),
-            client_id=dg.EnvVar("SALESFORCE_CLIENT_ID"),
-            client_secret=dg.EnvVar("SALESFORCE_CLIENT_SECRET"),
-            refresh_token=dg.EnvVar("SALESFORCE_REFRESH_TOKEN"),
-            token_store=FileTokenStore(directory=str(token_dir)),
-            ca_bundle=os.environ.get("SALESFORCE_CA_BUNDLE") or None,
+            token_url=settings.value(
+                "SALESFORCE_TOKEN_URL",
+                local=f"{SANDBOX_SALESFORCE_URL}/services/oauth2/token",
+                prod="https://login.salesforce.com/services/oauth2/token",
+            ),
+            client_id=settings.secret("SALESFORCE_CLIENT_ID"),
+            client_secret=settings.secret("SALESFORCE_CLIENT_SECRET"),
+            refresh_token=settings.secret("SALESFORCE_REFRESH_TOKEN"),
+            token_store=FileTokenStore(directory=str(Path(token_dir).resolve())),
+            ca_bundle=settings.value("SALESFORCE_CA_BUNDLE", local=None, prod=None),
         ),
         ga4=GA4Resource(
-            property_id=dg.EnvVar("GA4_PROPERTY_ID"),
-            api_endpoint=os.environ.get("GA4_API_ENDPOINT", SANDBOX_URL),
-            service_account_json=(
-                dg.EnvVar("GA4_SERVICE_ACCOUNT_JSON") if os.environ.get("GA4_SERVICE_ACCOUNT_JSON") else None
-            ),
+            property_id=settings.secret("GA4_PROPERTY_ID"),
+            api_endpoint=settings.value("GA4_API_ENDPOINT", local=SANDBOX_URL, prod=None),
+            service_account_json=settings.secret("GA4_SERVICE_ACCOUNT_JSON", optional=True),
         ),
-        io_manager=PartitionedParquetIOManager(base_dir=str(data_dir)),
+        io_manager=(
+            BigQueryWindowIOManager(
+                project=settings.value("BIGQUERY_PROJECT", local=None, prod=REQUIRED) or "",
+                location=settings.value("BIGQUERY_LOCATION", local=None, prod="US") or "US",
+                dataset_prefix=settings.value("BIGQUERY_DATASET_PREFIX", local=None, prod="") or "",
+            )
+            if settings.prod
+            else PartitionedParquetIOManager(
+                base_dir=str(Path(settings.value("REVENUE_PIPELINES_DATA_DIR", local="data", prod=None)).resolve())
+            )
+        ),
     )

@@ -1,0 +1,80 @@
+"""get_environment(): one variable picks the resource set; PROD names every missing setting at once."""
+
+import dagster as dg
+import pytest
+
+from revenue_pipelines.environment import ENVIRONMENT_VARIABLE, get_environment
+from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
+from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+
+PROD_REQUIRED = [
+    "REVENUE_PIPELINES_TOKEN_DIR",
+    "HUBSPOT_ACCESS_TOKEN",
+    "SALESFORCE_CLIENT_ID",
+    "SALESFORCE_CLIENT_SECRET",
+    "SALESFORCE_REFRESH_TOKEN",
+    "GA4_PROPERTY_ID",
+    "BIGQUERY_PROJECT",
+]
+OPTIONAL = [
+    "HUBSPOT_HOST",
+    "SALESFORCE_TOKEN_URL",
+    "SALESFORCE_CA_BUNDLE",
+    "GA4_API_ENDPOINT",
+    "GA4_SERVICE_ACCOUNT_JSON",
+    "BIGQUERY_LOCATION",
+    "BIGQUERY_DATASET_PREFIX",
+    "REVENUE_PIPELINES_DATA_DIR",
+]
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    """A process environment with none of the project's settings; get_environment() read afresh."""
+    for name in [ENVIRONMENT_VARIABLE, *PROD_REQUIRED, *OPTIONAL]:
+        monkeypatch.delenv(name, raising=False)
+    get_environment.cache_clear()
+    yield monkeypatch
+    get_environment.cache_clear()
+
+
+def test_local_is_the_default_and_needs_nothing_set(environment):
+    local = get_environment()
+    assert local.name == "local"
+    assert local.hubspot.host.startswith("http://127.0.0.1")
+    assert isinstance(local.io_manager, PartitionedParquetIOManager)
+
+
+def test_prod_names_every_missing_setting_at_once(environment):
+    environment.setenv(ENVIRONMENT_VARIABLE, "prod")
+    environment.setenv("SALESFORCE_CLIENT_ID", "set")
+    with pytest.raises(ValueError) as raised:
+        get_environment()
+    message = str(raised.value)
+    for name in PROD_REQUIRED:
+        if name != "SALESFORCE_CLIENT_ID":
+            assert name in message
+    assert "SALESFORCE_CLIENT_ID" not in message
+
+
+def test_prod_talks_to_the_real_services_and_lands_in_bigquery(environment):
+    environment.setenv(ENVIRONMENT_VARIABLE, "PROD")
+    for name in PROD_REQUIRED:
+        environment.setenv(name, "value-of-" + name.lower())
+    environment.setenv("BIGQUERY_PROJECT", "revenue-prod")
+    prod = get_environment()
+
+    assert prod.hubspot.host == "https://api.hubapi.com"
+    assert prod.salesforce.token_url == "https://login.salesforce.com/services/oauth2/token"
+    assert prod.ga4.api_endpoint is None  # Google's own
+    assert isinstance(prod.io_manager, BigQueryWindowIOManager)
+    assert (prod.io_manager.project, prod.io_manager.location) == ("revenue-prod", "US")
+    # Credentials stay references to the environment, resolved when a run starts.
+    assert isinstance(prod.hubspot.access_token, dg.EnvVar)
+    assert "value-of-hubspot_access_token" not in repr(prod.hubspot)
+
+
+def test_an_unknown_environment_is_refused(environment):
+    environment.setenv(ENVIRONMENT_VARIABLE, "staging")
+    with pytest.raises(ValueError, match="'staging' is not a known environment; known: local, prod"):
+        get_environment()
