@@ -14,7 +14,7 @@ import pytest
 from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.sandbox import Sandbox
-from revenue_pipelines_tests.conftest import END, day_range
+from revenue_pipelines_tests.conftest import END, HUBSPOT_ASSETS, day_range, hubspot_resource
 
 KEY = ["testsrc", "raw", "events"]
 TABLE = "testsrc_events"
@@ -154,3 +154,22 @@ def test_a_run_killed_mid_write_leaves_the_old_window_or_the_new_never_a_mix(emu
         assert versions["len"][0] == 3 * 20_000
         seen.add(versions["version"][0])
     assert seen  # every kill left one whole version behind
+
+
+def test_the_hubspot_raw_tables_and_their_quarantines_land_in_their_layer_datasets(emulator_env):
+    sandbox, prefix = emulator_env, "prod_"
+    result = dg.materialize(
+        HUBSPOT_ASSETS,
+        resources={"hubspot": hubspot_resource(sandbox), "io_manager": io_manager(sandbox, prefix)},
+        tags=day_range(END - timedelta(days=1), END),
+    )
+    assert result.success
+
+    client = sandbox.bigquery.client()
+    for asset in HUBSPOT_ASSETS:
+        [materialization, *_] = result.asset_materializations_for_node(asset.node_def.name)
+        table = asset.node_def.name  # hubspot_<table>
+        rows = client.query_and_wait(f"SELECT COUNT(*) AS n FROM `{sandbox.bigquery.project}.{prefix}raw.{table}`")
+        assert next(iter(rows))["n"] == materialization.metadata["rows"].value > 0
+        quarantine = client.get_table(f"{sandbox.bigquery.project}.{prefix}quarantine.{table}")
+        assert quarantine.time_partitioning.field == PARTITION_COLUMN
