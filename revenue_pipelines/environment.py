@@ -127,6 +127,8 @@ def _resources(settings: _Settings) -> Environment:
                 project=settings.value("BIGQUERY_PROJECT", local=None, prod=REQUIRED) or "",
                 location=settings.value("BIGQUERY_LOCATION", local=None, prod="US") or "US",
                 dataset_prefix=settings.value("BIGQUERY_DATASET_PREFIX", local=None, prod="") or "",
+                # Set only against the sandbox's emulator, whose Storage Read API is plaintext on loopback.
+                storage_read_endpoint=settings.value("BIGQUERY_STORAGE_EMULATOR_HOST", local=None, prod=None),
             )
             if settings.prod
             else PartitionedParquetIOManager(

@@ -56,3 +56,21 @@ def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):
         assert cells[1] == "7" and int(cells[2]) > 0 and cells[3] == "0"
         assert "rows_match_schema: passed" in line
     assert "RunStatus.SUCCESS" in completed.stdout or "SUCCESS" in completed.stdout
+
+
+def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(seed=11, companies=30, days=3, bigquery=True)
+    env = {**sandbox.env(), "REVENUE_PIPELINES_ENV": "prod", "DAGSTER_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    first = END.replace(day=END.day - 1)
+    command = [_tool("dagster"), "job", "execute", "-m", "revenue_pipelines.definitions", "-j", "daily_revenue_job"]
+    completed = _run([*command, "--tags", json.dumps(day_range(first, END))], env)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+
+    client, project = sandbox.bigquery.client(), sandbox.bigquery.project
+    for table in ("contacts", "companies", "deals"):
+        rows = client.query_and_wait(f"SELECT id FROM `{project}.raw.hubspot_{table}`")
+        assert sorted(int(row["id"]) for row in rows) == expected_ids(sandbox, table, first, END)
+    assert {"raw", "quarantine"} <= {dataset.dataset_id for dataset in client.list_datasets()}
+    tables = {table.table_id for table in client.list_tables(f"{project}.raw")}
+    assert {"salesforce_opportunities", "ga4_traffic_by_channel", "hubspot_deals"} <= tables

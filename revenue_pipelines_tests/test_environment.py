@@ -24,6 +24,7 @@ OPTIONAL = [
     "GA4_SERVICE_ACCOUNT_JSON",
     "BIGQUERY_LOCATION",
     "BIGQUERY_DATASET_PREFIX",
+    "BIGQUERY_STORAGE_EMULATOR_HOST",
     "REVENUE_PIPELINES_DATA_DIR",
 ]
 
@@ -69,6 +70,7 @@ def test_prod_talks_to_the_real_services_and_lands_in_bigquery(environment):
     assert prod.ga4.api_endpoint is None  # Google's own
     assert isinstance(prod.io_manager, BigQueryWindowIOManager)
     assert (prod.io_manager.project, prod.io_manager.location) == ("revenue-prod", "US")
+    assert prod.io_manager.storage_read_endpoint is None  # Google's Storage Read API
     # Credentials stay references to the environment, resolved when a run starts.
     assert isinstance(prod.hubspot.access_token, dg.EnvVar)
     assert "value-of-hubspot_access_token" not in repr(prod.hubspot)
