@@ -5,6 +5,7 @@ because this machine drifts between fast and slow periods; ratios are taken with
 median round is the result.
 """
 
+import argparse
 import shlex
 import statistics
 import subprocess
@@ -13,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
@@ -21,14 +22,33 @@ from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 
 Measured = dict[str, tuple[int, float]]  # contender -> (rows, seconds)
 
+# Every benchmark reads the same 30 days of a sandbox seeded alike.
+END = date(2026, 11, 20)
+DAYS = 30
+FIRST = END - timedelta(days=DAYS - 1)
+WINDOW = (
+    datetime.combine(FIRST, datetime.min.time(), tzinfo=UTC),
+    datetime.combine(END + timedelta(days=1), datetime.min.time(), tzinfo=UTC),
+)
+
+
+def arguments(doc: str, size: str, default: int) -> argparse.Namespace:
+    """The options every benchmark takes: its data size (`--<size>`) and the number of rounds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(f"--{size}", type=int, default=default)
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; the median round's ratio is the result")
+    return parser.parse_args()
+
 
 @contextmanager
 def sandbox_process(*options: str) -> Iterator[dict[str, str]]:
     """The sandbox in its own process, as a real API would be: its work does not share our GIL.
 
-    Yields the environment it prints (`export NAME=value` lines, ended by a `# ready` line).
+    Serves the benchmark days, unthrottled, without BigQuery; `options` size the data. Yields the
+    environment it prints (`export NAME=value` lines, ended by a `# ready` line).
     """
     command = [sys.executable, "-m", "revenue_pipelines.sandbox", "serve", "--port", "0", "--salesforce-port", "0"]
+    command += ["--seed", "1", "--days", str(DAYS), "--end-date", END.isoformat(), "--no-rate-limit", "--no-bigquery"]
     server = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)
     try:
         env = {}

@@ -8,14 +8,24 @@ then types, validates and writes the rows. Target: the asset reaches at least 0.
 rows/s. The search pages alone are printed too, for scale.
 """
 
-import argparse
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 import urllib3
 
-from bench.harness import Measured, materialized, print_rounds, sandbox_process, seconds_of
+from bench.harness import (
+    DAYS,
+    END,
+    FIRST,
+    WINDOW,
+    Measured,
+    arguments,
+    materialized,
+    print_rounds,
+    sandbox_process,
+    seconds_of,
+)
 from revenue_pipelines.defs.hubspot.assets import CONTACTS, hubspot_contacts
 from revenue_pipelines.defs.hubspot.resources import (
     ASSOCIATION_BATCH_LIMIT,
@@ -23,9 +33,6 @@ from revenue_pipelines.defs.hubspot.resources import (
     SEARCH_PAGE_LIMIT,
     HubSpotResource,
 )
-
-END = date(2026, 11, 20)
-DAYS = 30
 
 
 def floor_search(http: urllib3.PoolManager, url: str, start: datetime, end: datetime) -> list[str]:
@@ -86,17 +93,11 @@ ASSET = "asset: hubspot/raw/contacts step (validate, write, events)"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contacts", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=5, help="rounds; the median round's ratio is the result")
-    args = parser.parse_args()
+    args = arguments(__doc__, "contacts", 200_000)
 
-    first = END - timedelta(days=DAYS - 1)
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(END + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    first, (start, end) = FIRST, WINDOW
     rounds: list[Measured] = []
-    options = ["--seed", "1", "--companies", str(args.contacts // 5), "--days", str(DAYS)]
-    with sandbox_process(*options, "--end-date", END.isoformat(), "--no-rate-limit") as env:
+    with sandbox_process("--companies", str(args.contacts // 5)) as env:
         url, token = env["HUBSPOT_HOST"], env["HUBSPOT_ACCESS_TOKEN"]
         resource = HubSpotResource(access_token=token, host=url)
         http = urllib3.PoolManager(headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})

@@ -8,21 +8,29 @@ next one is fetched) and then types, validates and writes the rows. Target: the 
 least 0.7 of the floor's rows/s.
 """
 
-import argparse
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlencode
 
 import dagster as dg
 import urllib3
 
-from bench.harness import Measured, materialized, print_rounds, sandbox_process, seconds_of
+from bench.harness import (
+    DAYS,
+    END,
+    FIRST,
+    WINDOW,
+    Measured,
+    arguments,
+    materialized,
+    print_rounds,
+    sandbox_process,
+    seconds_of,
+)
 from revenue_pipelines.defs.salesforce.assets import OPPORTUNITIES, salesforce_opportunities
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource, window_soql
 from revenue_pipelines.lib.token_store import FileTokenStore
 
-END = date(2026, 11, 20)
-DAYS = 30
 FLOOR = "floor: urllib3 + json.loads of the same batches"
 CONNECTOR = "connector: read_window (to text columns)"
 ASSET = "asset: salesforce/raw/opportunities step (validate, write, events)"
@@ -43,17 +51,11 @@ def floor_batches(http: urllib3.PoolManager, session: dict[str, str], start: dat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--opportunities", type=int, default=500_000)
-    parser.add_argument("--repeat", type=int, default=5, help="rounds; the median round's ratio is the result")
-    args = parser.parse_args()
+    args = arguments(__doc__, "opportunities", 500_000)
 
-    first = END - timedelta(days=DAYS - 1)
-    start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(END + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    first, (start, end) = FIRST, WINDOW
     rounds: list[Measured] = []
-    options = ["--seed", "1", "--companies", "2000", "--opportunities", str(args.opportunities)]
-    with sandbox_process(*options, "--days", str(DAYS), "--end-date", END.isoformat(), "--no-rate-limit") as env:
+    with sandbox_process("--companies", "2000", "--opportunities", str(args.opportunities)) as env:
         http = urllib3.PoolManager(ca_certs=env["SALESFORCE_CA_BUNDLE"])
         grant = {
             "grant_type": "refresh_token",
