@@ -177,7 +177,7 @@ def test_schema_drift(sandbox, tmp_path):
     assert contacts["jobtitle"].null_count() == contacts.height
     assert "hs_brand_new_field" not in contacts.columns
     [materialization, *_] = result.asset_materializations_for_node("hubspot_contacts")
-    assert materialization.metadata["missing_properties"].value == "jobtitle"
+    assert materialization.metadata["missing_columns"].value == "jobtitle"
 
     # A required property that disappears quarantines every row and says which field.
     [deals_check] = [e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "deals"]

@@ -42,6 +42,8 @@ class WindowRead:
     """About the read, for the materialization: requests, retries, what the API reported."""
     checks: Sequence[dg.AssetCheckResult] = ()
     """Verdicts of the source's own checks on what the API said of the data (declared as `check_specs`)."""
+    missing_columns: Sequence[str] = ()
+    """Requested columns the source no longer sends (deleted or renamed there): stored as empty, and warned of."""
 
 
 ReadWindow = Callable[[dg.AssetExecutionContext, datetime, datetime], WindowRead]
@@ -120,6 +122,13 @@ def raw_table_asset(
     def _raw_table(context: dg.AssetExecutionContext):
         start, end = context.partition_time_window
         window_read = read(context, start, end)
+        missing = {}
+        if window_read.missing_columns:
+            missing = {"missing_columns": ", ".join(window_read.missing_columns)}
+            context.log.warning(
+                f"{raw_key.to_user_string()}: {source} no longer sends {missing['missing_columns']}; they may "
+                "have been deleted or renamed there, and are stored as empty."
+            )
         raw = window_read.rows.with_columns(partition_day.alias(PARTITION_COLUMN))
         validated = validate(raw, schema)
         valid = validated.valid.sort(PARTITION_COLUMN, *key)
@@ -132,6 +141,7 @@ def raw_table_asset(
                 "quarantined_rows": validated.quarantined.height,
                 **window,
                 **window_read.metadata,
+                **missing,
                 "preview": dg.MetadataValue.md(markdown_table(valid)),
             },
         )

@@ -42,13 +42,7 @@ def _hubspot_table(obj: HubSpotObject, schema: type[pa.DataFrameModel], descript
             "api_requests": stats.requests,
             "api_retries": stats.retries,
         }
-        if stats.missing_properties:
-            context.log.warning(
-                f"hubspot/raw/{obj.name}: HubSpot sent no value for {', '.join(stats.missing_properties)} "
-                "on any record; the property may have been removed or renamed."
-            )
-            metadata["missing_properties"] = ", ".join(stats.missing_properties)
-        return WindowRead(frame, metadata)
+        return WindowRead(frame, metadata, missing_columns=stats.missing_properties)
 
     return raw_table_asset(
         source="hubspot",

@@ -42,13 +42,7 @@ def _salesforce_table(
         if salesforce.api_usage:
             used, limit = salesforce.api_usage
             metadata["org_api_usage"] = f"{used:,} of {limit:,} daily requests"
-        if stats.missing_fields:
-            context.log.warning(
-                f"salesforce/raw/{table}: {obj.name} no longer has {', '.join(stats.missing_fields)}; "
-                "the field may have been deleted or renamed, and is read as empty."
-            )
-            metadata["missing_fields"] = ", ".join(stats.missing_fields)
-        return WindowRead(frame, metadata)
+        return WindowRead(frame, metadata, missing_columns=stats.missing_fields)
 
     return raw_table_asset(
         source="salesforce",
