@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
@@ -61,6 +61,11 @@ def sandbox_process(*options: str) -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait()
+
+
+def rounds_of(repeat: int, contenders: Mapping[str, Callable[[], tuple[int, float]]]) -> list[Measured]:
+    """Every contender once per round, back to back, `repeat` rounds."""
+    return [{name: measure() for name, measure in contenders.items()} for _ in range(repeat)]
 
 
 def seconds_of(measure: Callable[[], int]) -> tuple[int, float]:

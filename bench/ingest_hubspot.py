@@ -19,10 +19,10 @@ from bench.harness import (
     END,
     FIRST,
     WINDOW,
-    Measured,
     arguments,
     materialized,
     print_rounds,
+    rounds_of,
     sandbox_process,
     seconds_of,
 )
@@ -96,7 +96,6 @@ def main() -> None:
     args = arguments(__doc__, "contacts", 200_000)
 
     first, (start, end) = FIRST, WINDOW
-    rounds: list[Measured] = []
     with sandbox_process("--companies", str(args.contacts // 5)) as env:
         url, token = env["HUBSPOT_HOST"], env["HUBSPOT_ACCESS_TOKEN"]
         resource = HubSpotResource(access_token=token, host=url)
@@ -105,15 +104,19 @@ def main() -> None:
         # side should be charged for that.
         floor_all_pages(http, url, start, end)
         with dg.build_resources({"hubspot": resource}) as resources:
-            resources.hubspot.read_window(CONTACTS, start, end)
-            for _ in range(args.repeat):
-                measured = {
-                    FLOOR: seconds_of(lambda: floor_all_pages(http, url, start, end)),
-                    SEARCH_ONLY: seconds_of(lambda: len(floor_search(http, url, start, end))),
-                    CONNECTOR: seconds_of(lambda: resources.hubspot.read_window(CONTACTS, start, end)[0].height),
-                    ASSET: materialized(hubspot_contacts, {"hubspot": resource}, first, END),
-                }
-                rounds.append(measured)
+            read = resources.hubspot.read_window
+            read(CONTACTS, start, end)
+            rounds = rounds_of(
+                args.repeat,
+                {
+                    FLOOR: lambda: seconds_of(lambda: floor_all_pages(http, url, start, end)),
+                    SEARCH_ONLY: lambda: seconds_of(lambda: len(floor_search(http, url, start, end))),
+                    CONNECTOR: lambda: seconds_of(
+                        lambda: resources.hubspot.read_window(CONTACTS, start, end)[0].height
+                    ),
+                    ASSET: lambda: materialized(hubspot_contacts, {"hubspot": resource}, first, END),
+                },
+            )
 
     print(f"\nabout {args.contacts:,} contacts; window {first}..{END} ({DAYS} days); sandbox in its own process\n")
     print_rounds(rounds, FLOOR, ASSET)

@@ -20,10 +20,10 @@ from bench.harness import (
     END,
     FIRST,
     WINDOW,
-    Measured,
     arguments,
     materialized,
     print_rounds,
+    rounds_of,
     sandbox_process,
     seconds_of,
 )
@@ -54,7 +54,6 @@ def main() -> None:
     args = arguments(__doc__, "opportunities", 500_000)
 
     first, (start, end) = FIRST, WINDOW
-    rounds: list[Measured] = []
     with sandbox_process("--companies", "2000", "--opportunities", str(args.opportunities)) as env:
         http = urllib3.PoolManager(ca_certs=env["SALESFORCE_CA_BUNDLE"])
         grant = {
@@ -78,13 +77,14 @@ def main() -> None:
         floor_batches(http, session, start, end)
         with dg.build_resources({"salesforce": resource}) as resources:
             read = resources.salesforce.read_window
-            for _ in range(args.repeat):
-                measured = {
-                    FLOOR: seconds_of(lambda: floor_batches(http, session, start, end)),
-                    CONNECTOR: seconds_of(lambda: read(OPPORTUNITIES, start, end)[0].height),
-                    ASSET: materialized(salesforce_opportunities, {"salesforce": resource}, first, END),
-                }
-                rounds.append(measured)
+            rounds = rounds_of(
+                args.repeat,
+                {
+                    FLOOR: lambda: seconds_of(lambda: floor_batches(http, session, start, end)),
+                    CONNECTOR: lambda: seconds_of(lambda: read(OPPORTUNITIES, start, end)[0].height),
+                    ASSET: lambda: materialized(salesforce_opportunities, {"salesforce": resource}, first, END),
+                },
+            )
 
     print(f"\n{args.opportunities:,} opportunities; window {first}..{END} ({DAYS} days); sandbox in its own process\n")
     print_rounds(rounds, FLOOR, ASSET)
