@@ -2,6 +2,8 @@
 clients over HTTP and gRPC, with a service-account key that refreshes at the sandbox's token endpoint.
 
 One emulator serves the module (it takes seconds to start); each test works in a dataset of its own.
+The data sets every emulator is seeded with (billing, GA4's export) are checked against the CRM and
+GA4 sandboxes on a second, larger sandbox (`seeded`).
 """
 
 from __future__ import annotations
@@ -235,18 +237,21 @@ def test_the_storage_read_api_serves_tables_and_query_results(sandbox, client, s
         assert sorted(read["id"].to_pylist()) == [1, 3]
 
 
-def test_dry_runs_check_the_query_but_bytes_are_neither_estimated_nor_capped(client, sessions):
-    """What the emulator leaves out: a cost guard cannot be tested against it."""
+def test_queries_report_the_bytes_of_the_tables_they_read_but_are_not_capped(client, sessions):
+    """The sandbox's addition to the emulator (rows x columns x 8 of each table read, dry runs
+    included), so byte budgets can be tested; `maximum_bytes_billed` is still not enforced."""
+    table_bytes = 4 * 4 * 8
     dry = client.query(f"SELECT * FROM {sessions}", job_config=bigquery.QueryJobConfig(dry_run=True))
     assert dry.state == "DONE"
     assert [field.name for field in dry.schema] == ["day", "at", "id", "source"]
-    assert dry.total_bytes_processed == 0
+    assert dry.total_bytes_processed == table_bytes
     with pytest.raises(exceptions.BadRequest, match="Unrecognized name"):
         client.query(f"SELECT nope FROM {sessions}", job_config=bigquery.QueryJobConfig(dry_run=True))
 
     capped = bigquery.QueryJobConfig(maximum_bytes_billed=1, labels={"asset": "sessions"})
     job = client.query(f"SELECT * FROM {sessions}", job_config=capped)
     assert job.result().total_rows == 4
+    assert job.total_bytes_billed == table_bytes
     assert client.get_job(job.job_id).labels == {"asset": "sessions"}
 
 
@@ -254,3 +259,245 @@ def test_a_sandbox_without_bigquery_has_none_in_its_environment():
     with Sandbox(companies=5) as sb:
         assert sb.bigquery is None
         assert not any("BIGQUERY" in name or name == "GOOGLE_APPLICATION_CREDENTIALS" for name in sb.env())
+
+
+# --- the seeded data sets: billing and the GA4 export ------------------------------------------
+
+SEEDED_END = date(2026, 11, 20)
+BILLING_COLUMNS = {
+    "accounts": [
+        ("billing_account_id", "STRING"),
+        ("name", "STRING"),
+        ("crm_source", "STRING"),
+        ("external_account_id", "STRING"),
+        ("billing_email", "STRING"),
+        ("currency", "STRING"),
+        ("created_at", "TIMESTAMP"),
+        ("updated_at", "TIMESTAMP"),
+    ],
+    "invoices": [
+        ("invoice_id", "STRING"),
+        ("billing_account_id", "STRING"),
+        ("crm_deal_id", "STRING"),
+        ("issued_at", "TIMESTAMP"),
+        ("due_date", "DATE"),
+        ("currency", "STRING"),
+        ("subtotal_cents", "INTEGER"),
+        ("tax_cents", "INTEGER"),
+        ("total_cents", "INTEGER"),
+        ("status", "STRING"),
+        ("voided_at", "TIMESTAMP"),
+        ("updated_at", "TIMESTAMP"),
+    ],
+    "payments": [
+        ("payment_id", "STRING"),
+        ("invoice_id", "STRING"),
+        ("amount_cents", "INTEGER"),
+        ("paid_at", "TIMESTAMP"),
+        ("method", "STRING"),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def seeded() -> Iterator[Sandbox]:
+    """A sandbox of a realistic size, its emulator seeded with billing and the GA4 export."""
+    with Sandbox(companies=60, end_date=SEEDED_END, bigquery=True) as sb:
+        yield sb
+
+
+def read(sb: Sandbox, sql: str, **parameters: str) -> pl.DataFrame:
+    """A query's rows, read through the Storage Read API as pipelines read them."""
+    config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter(name, "STRING", value) for name, value in parameters.items()]
+    )
+    with sb.bigquery.client() as client, sb.bigquery.read_client() as read_client:
+        return pl.from_arrow(client.query(sql, job_config=config).to_arrow(bqstorage_client=read_client))
+
+
+def table(sb: Sandbox, dataset: str, name: str) -> pl.DataFrame:
+    with sb.bigquery.client() as client, sb.bigquery.read_client() as read_client:
+        return pl.from_arrow(client.list_rows(f"{dataset}.{name}").to_arrow(bqstorage_client=read_client))
+
+
+def test_the_seeded_tables_exist_with_their_declared_schemas_and_rows(seeded):
+    bq = seeded.bigquery
+    export = bq.ga4_export_dataset
+    assert (bq.billing_dataset, export) == ("billing", f"analytics_{seeded.ga4.property_id}")
+    window = pl.date_range(date(2026, 10, 22), SEEDED_END, eager=True)
+    assert bq.seeded_tables == [f"billing.{name}" for name in BILLING_COLUMNS] + [
+        f"{export}.events_{day:%Y%m%d}" for day in window
+    ]
+    with bq.client() as client:
+        for name, columns in BILLING_COLUMNS.items():
+            loaded = client.get_table(f"billing.{name}")
+            assert [(field.name, field.field_type) for field in loaded.schema] == columns
+            assert loaded.num_rows == bq.truth("billing", name).height > 0
+        day = client.get_table(f"{export}.events_20261105")
+        assert day.schema == bq.schema(export, "events_20261105")
+        params = next(field for field in day.schema if field.name == "event_params")
+        assert (params.field_type, params.mode) == ("RECORD", "REPEATED")
+        assert [field.name for field in params.fields[1].fields] == [
+            "string_value", "int_value", "float_value", "double_value"
+        ]  # fmt: skip
+        assert {t.table_id for t in client.list_tables(export)} == {f"events_{d:%Y%m%d}" for d in window}
+    with pytest.raises(KeyError, match="no table"):
+        bq.truth("billing", "refunds")
+
+
+def test_billing_tables_read_back_exactly_as_generated(seeded):
+    """Microsecond UTC timestamps, dates and nulls survive the Parquet load and the Storage Read API."""
+    for name in BILLING_COLUMNS:
+        loaded = table(seeded, "billing", name)
+        key = loaded.columns[0]
+        assert_frame_equal(loaded.sort(key), seeded.bigquery.truth("billing", name).sort(key))
+
+
+def test_every_won_salesforce_opportunity_with_an_amount_has_one_invoice_for_its_amount(seeded):
+    live_accounts = seeded.salesforce.truth("Account").filter(~pl.col("IsDeleted"))["Id"].to_list()
+    won = seeded.salesforce.truth("Opportunity").filter(
+        pl.col("IsWon")
+        & ~pl.col("IsDeleted")
+        & pl.col("Amount").is_not_null()
+        & pl.col("AccountId").is_in(live_accounts)
+    )
+    invoices = read(
+        seeded,
+        "SELECT i.crm_deal_id, i.subtotal_cents, i.currency, a.crm_source, a.external_account_id "
+        "FROM billing.invoices AS i JOIN billing.accounts AS a USING (billing_account_id)",
+    )
+    billed = won.join(invoices, left_on="Id", right_on="crm_deal_id", how="left")
+    assert won.height > 20
+    assert billed.height == won.height  # no opportunity has two invoices
+    assert billed.filter(pl.col("subtotal_cents") != (pl.col("Amount") * 100).cast(pl.Int64)).is_empty()
+    assert billed.filter(pl.col("subtotal_cents").is_null()).is_empty()
+    assert (billed["currency"] == billed["CurrencyIsoCode"]).all()
+    # Billed to its own account, by the account's 18-character id or its 15-character prefix.
+    assert (billed["crm_source"] == "salesforce").all()
+    assert billed.filter(~pl.col("AccountId").str.starts_with(pl.col("external_account_id"))).is_empty()
+    # Won revenue reconciles with billing: nothing else bills a Salesforce opportunity.
+    opportunities = invoices.filter(pl.col("crm_deal_id").str.starts_with("006"))
+    assert sorted(opportunities["crm_deal_id"]) == sorted(won["Id"])
+
+
+def test_every_won_hubspot_deal_with_an_amount_is_invoiced_and_no_customer_is_billed_twice(seeded):
+    accounts = seeded.bigquery.truth("billing", "accounts")
+    invoices = seeded.bigquery.truth("billing", "invoices")
+    live_accounts = seeded.salesforce.truth("Account").filter(~pl.col("IsDeleted"))
+    # Resolve 15-character ids to the account they abbreviate: case-sensitive prefixes, all distinct.
+    resolved = accounts.join(live_accounts.select("Id"), how="cross").filter(
+        pl.col("Id").str.starts_with(pl.col("external_account_id"))
+    )
+    salesforce = accounts.filter(pl.col("crm_source") == "salesforce")
+    assert resolved.height == salesforce.height and resolved["Id"].n_unique() == salesforce.height
+    short = salesforce.filter(pl.col("external_account_id").str.len_chars() == 15)
+    assert 0.05 <= short.height / salesforce.height <= 0.15
+    assert (salesforce["external_account_id"].str.len_chars().is_in([15, 18])).all()
+
+    # A HubSpot company that is a live Salesforce account is billed as that account, never itself.
+    shared = seeded.salesforce.truth_overlap().filter(pl.col("account_id").is_in(live_accounts["Id"].to_list()))
+    hubspot = accounts.filter(pl.col("crm_source") == "hubspot")
+    assert hubspot.height > 0
+    assert not hubspot["external_account_id"].is_in(shared["hubspot_company_id"].cast(pl.String).to_list()).any()
+    assert accounts["billing_account_id"].is_unique().all() and accounts["external_account_id"].is_unique().all()
+
+    deals = seeded.hubspot.truth("deals").filter((pl.col("dealstage") == "closedwon") & ~pl.col("archived"))
+    companies = seeded.hubspot.truth_associations("deals", "companies").select(id="from_id", company="to_id")
+    won = deals.join(companies, on="id").join(shared, left_on="company", right_on="hubspot_company_id", how="left")
+    billed = won.join(
+        invoices.join(resolved.select("billing_account_id", "Id"), on="billing_account_id", how="left"),
+        left_on=pl.col("id").cast(pl.String),
+        right_on="crm_deal_id",
+    )
+    assert billed.height == won.height > 10  # every live won deal of a live company, once
+    assert (billed["subtotal_cents"] == (billed["amount"].cast(pl.Float64) * 100).cast(pl.Int64)).all()
+    under_salesforce = billed.filter(pl.col("account_id").is_not_null())
+    assert under_salesforce.height > 0 and (under_salesforce["Id"] == under_salesforce["account_id"]).all()
+
+
+def test_invoices_and_payments_add_up_and_keep_to_the_window(seeded):
+    start, end = (moment.replace(tzinfo=UTC) for moment in seeded.hubspot.window)
+    totals = read(
+        seeded,
+        "SELECT i.invoice_id, i.status, i.total_cents, i.subtotal_cents, i.tax_cents, i.issued_at, i.due_date, "
+        "i.voided_at, i.updated_at, COUNT(p.payment_id) AS payments, COALESCE(SUM(p.amount_cents), 0) AS paid, "
+        "MIN(p.paid_at) AS first_paid, MAX(p.paid_at) AS last_paid "
+        "FROM billing.invoices AS i LEFT JOIN billing.payments AS p USING (invoice_id) "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+    )
+    by_status = dict(totals.group_by("status").len().iter_rows())
+    assert set(by_status) == {"paid", "open", "void", "uncollectible"}
+    assert 0.6 <= by_status["paid"] / totals.height <= 0.8
+    paid = totals.filter(pl.col("status") == "paid")
+    assert (paid["paid"] == paid["total_cents"]).all() and paid["payments"].is_in([1, 2]).all()
+    assert (paid["payments"] == 2).any()
+    open_ = totals.filter(pl.col("status") == "open")
+    assert (open_["paid"] < open_["total_cents"]).all() and (open_["payments"] == 1).any()
+    assert totals.filter(pl.col("status").is_in(["void", "uncollectible"]))["payments"].max() == 0
+    assert (totals["voided_at"].is_not_null() == (totals["status"] == "void")).all()
+
+    assert (totals["total_cents"] == totals["subtotal_cents"] + totals["tax_cents"]).all()
+    assert totals.filter(pl.col("tax_cents") > pl.col("subtotal_cents") * 0.2 + 1).is_empty()
+    assert totals.filter(pl.col("due_date") != (pl.col("issued_at") + pl.duration(days=30)).dt.date()).is_empty()
+    assert totals.filter(pl.col("first_paid") <= pl.col("issued_at")).is_empty()
+    last = pl.max_horizontal("issued_at", "last_paid", "voided_at")
+    assert totals.filter(pl.col("updated_at") != last).is_empty()
+    assert totals["updated_at"].max() < end and totals["updated_at"].filter(totals["updated_at"] >= start).len() > 0
+
+
+def test_the_ga4_export_counts_the_data_apis_sessions_and_revenue(seeded):
+    """Wildcard tables and aliased UNNESTs through the emulator, against GA4's settled report."""
+    first, last = seeded.ga4.dates
+    sessions = read(
+        seeded,
+        f"""
+        SELECT event.event_date AS date, s.value.string_value AS sessionSource,
+          m.value.string_value AS sessionMedium, c.value.string_value AS sessionCampaignName, COUNT(*) AS sessions
+        FROM `{seeded.bigquery.ga4_export_dataset}.events_*` AS event,
+          UNNEST(event.event_params) AS s, UNNEST(event.event_params) AS m, UNNEST(event.event_params) AS c
+        WHERE _TABLE_SUFFIX BETWEEN @first AND @last AND event.event_name = 'session_start'
+          AND s.key = 'source' AND m.key = 'medium' AND c.key = 'campaign'
+        GROUP BY 1, 2, 3, 4
+        """,
+        first=f"{first:%Y%m%d}",
+        last=f"{last:%Y%m%d}",
+    )
+    dimensions = ["date", "sessionSource", "sessionMedium", "sessionCampaignName"]
+    expected = seeded.ga4.truth(dimensions, ["sessions"], first, last, settled=True)
+    assert expected.height > 300
+    assert_frame_equal(sessions.sort(dimensions), expected.sort(dimensions), check_dtypes=False)
+
+    revenue = read(
+        seeded,
+        f"""
+        SELECT event.event_date AS date, SUM(v.value.double_value) AS totalRevenue, COUNT(*) AS purchases
+        FROM `{seeded.bigquery.ga4_export_dataset}.events_*` AS event, UNNEST(event.event_params) AS v
+        WHERE _TABLE_SUFFIX BETWEEN @first AND @last AND event.event_name = 'purchase' AND v.key = 'value'
+        GROUP BY 1
+        """,
+        first="20261110",
+        last="20261112",
+    )
+    expected = seeded.ga4.truth(["date"], ["totalRevenue", "keyEvents"], "2026-11-10", "2026-11-12", settled=True)
+    joined = expected.join(revenue, on="date")
+    assert joined.height == 3
+    assert (joined["totalRevenue"] - joined["totalRevenue_right"]).abs().max() < 1e-6
+    assert (joined["purchases"] <= joined["keyEvents"]).all()
+
+
+def test_a_ga4_export_day_reads_back_as_its_truth_and_keeps_to_its_day(seeded):
+    export = seeded.bigquery.ga4_export_dataset
+    loaded = table(seeded, export, "events_20261105")
+    truth = seeded.bigquery.truth(export, "events_20261105")
+    assert loaded.height == truth.height > 1000
+    assert_frame_equal(sort_events(loaded), sort_events(truth))
+    day = datetime(2026, 11, 5, tzinfo=UTC).timestamp() * 1_000_000
+    assert truth["event_timestamp"].min() >= day and truth["event_timestamp"].max() < day + 86_400_000_000
+    assert (truth["event_date"] == "20261105").all() and truth["user_id"].null_count() > 0.8 * truth.height
+
+
+def sort_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Events in a total order: by every scalar column, then the params as text."""
+    return events.sort(
+        "event_timestamp", "user_pseudo_id", "event_name", pl.col("event_params").cast(pl.List(pl.String), strict=False)
+    )

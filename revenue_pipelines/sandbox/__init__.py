@@ -7,13 +7,17 @@
         sb.ga4.truth(["date", "sessionSource"], ["sessions"], "2026-11-01", "2026-11-07")  # GA4, at sb.url
         sb.faults.add("status", status=503)   # the next request fails
         sb.bigquery.client()                  # BigQuery's emulator, given Sandbox(bigquery=True)
+        sb.bigquery.truth("billing", "invoices")  # its seeded billing system (and GA4's export)
         sb.requests.count(status=200)         # what the server really saw
 
 The data set is a pure function of the parameters, so a test can compare a pipeline's output
 with the ground truth exactly, and script transport and data faults around it. GA4's Data API
 shares HubSpot's listener (its client needs no TLS); its traffic comes from the campaigns and
 sources the CRM records name, so the three can be joined. BigQuery (`bigquery.py`) is the
-local-bigquery emulator in a child process; it takes seconds to start, so it is off by default.
+local-bigquery emulator in a child process; it takes seconds to start, so it is off by default. It
+starts seeded with two source data sets made from the others: the billing system
+(`billing_data.py`: an invoice per won deal or opportunity, for its amount) and GA4's BigQuery
+export of the property (`ga4_export.py`: events that add up to the Data API's reports).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import NamedTuple
 import trustme
 
 from revenue_pipelines.sandbox.bigquery import BigQuery
+from revenue_pipelines.sandbox.billing_data import BillingSeed
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
+from revenue_pipelines.sandbox.ga4_export import GA4Export
 from revenue_pipelines.sandbox.hubspot import HubSpot
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
@@ -52,7 +58,12 @@ class Sandbox:
     `ga4_rows_per_day` sizes GA4's traffic: about that many fact rows a day (default 300); with
     110,000, a three-day report by date, landing page and campaign runs past 250,000 rows.
 
-    `bigquery=True` adds an empty BigQuery (`self.bigquery`, else None), which starts in seconds.
+    `bigquery=True` adds BigQuery (`self.bigquery`, else None), which starts in seconds, seeded with
+    the dataset `billing` (accounts, invoices and payments for the CRMs' won business) and GA4's
+    export `analytics_<property id>` (a table events_YYYYMMDD a day of the window); their ground
+    truth is `self.bigquery.truth(dataset, table)`. Both are made from the data as generated here,
+    before any test changes it. Seeding adds about 2 s at the default sizes, and about 25 s for
+    5 million GA4 events (`ga4_rows_per_day` about 25,000).
     """
 
     def __init__(
@@ -96,13 +107,28 @@ class Sandbox:
             end_date=end_date,
         )
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
-        self.bigquery = BigQuery() if bigquery else None
+        self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
         self._ca = trustme.CA()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
         self._host = host
         self._ports = (port, salesforce_port)
         self._listeners: _Listeners | None = None
+
+    def _bigquery_sources(self, seed: int) -> list[BillingSeed | GA4Export]:
+        """BigQuery's seed data sets, from the CRM and GA4 data as generated (generated themselves
+        while the emulator starts)."""
+        billing = BillingSeed(
+            seed,
+            hubspot_deals=self.hubspot.truth("deals"),
+            hubspot_companies=self.hubspot.truth("companies"),
+            deal_companies=self.hubspot.truth_associations("deals", "companies"),
+            opportunities=self.salesforce.truth("Opportunity"),
+            accounts=self.salesforce.truth("Account"),
+            overlap=self.salesforce.truth_overlap(),
+            window=self.hubspot.window,
+        )
+        return [billing, GA4Export(self.ga4.facts, seed=seed, property_id=self.ga4.property_id)]
 
     @property
     def url(self) -> str:
