@@ -48,3 +48,4 @@ sandbox: install
 bench: install
 	$(RUN) python -m bench.ingest_hubspot
 	$(RUN) python -m bench.ingest_salesforce
+	$(RUN) python -m bench.bigquery_read

@@ -41,14 +41,15 @@ def arguments(doc: str, size: str, default: int) -> argparse.Namespace:
 
 
 @contextmanager
-def sandbox_process(*options: str) -> Iterator[dict[str, str]]:
+def sandbox_process(*options: str, bigquery: bool = False) -> Iterator[dict[str, str]]:
     """The sandbox in its own process, as a real API would be: its work does not share our GIL.
 
-    Serves the benchmark days, unthrottled, without BigQuery; `options` size the data. Yields the
-    environment it prints (`export NAME=value` lines, ended by a `# ready` line).
+    Serves the benchmark days, unthrottled, with BigQuery's emulator only if asked; `options` size
+    the data. Yields the environment it prints (`export NAME=value` lines, ended by a `# ready` line).
     """
     command = [sys.executable, "-m", "revenue_pipelines.sandbox", "serve", "--port", "0", "--salesforce-port", "0"]
-    command += ["--seed", "1", "--days", str(DAYS), "--end-date", END.isoformat(), "--no-rate-limit", "--no-bigquery"]
+    command += ["--seed", "1", "--days", str(DAYS), "--end-date", END.isoformat(), "--no-rate-limit"]
+    command += [] if bigquery else ["--no-bigquery"]
     server = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)
     try:
         env = {}

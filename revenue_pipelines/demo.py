@@ -29,10 +29,10 @@ def main() -> int:
         "dagster/asset_partition_range_start": first_day.isoformat(),
         "dagster/asset_partition_range_end": last_day.isoformat(),
     }
-    with Sandbox(end_date=last_day) as sandbox:
+    with Sandbox(end_date=last_day, bigquery=True) as sandbox:
         print(
-            f"Sandbox serving HubSpot and GA4 at {sandbox.url}, Salesforce at {sandbox.salesforce_url}; "
-            f"running {JOB} for {first_day}..{last_day} in one run."
+            f"Sandbox serving HubSpot and GA4 at {sandbox.url}, Salesforce at {sandbox.salesforce_url}, "
+            f"BigQuery at {sandbox.bigquery.endpoint}; running {JOB} for {first_day}..{last_day} in one run."
         )
         dagster = str(Path(sys.executable).with_name("dagster"))  # the CLI of this environment
         command = [dagster, "job", "execute", "-m", "revenue_pipelines.definitions", "-j", JOB]

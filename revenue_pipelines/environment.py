@@ -7,6 +7,8 @@ different settings:
   sandbox unless `HUBSPOT_HOST`, `SALESFORCE_TOKEN_URL` and `GA4_API_ENDPOINT` point elsewhere,
   assets land as Parquet files under `REVENUE_PIPELINES_DATA_DIR` (default `./data`), and rotated
   Salesforce refresh tokens are kept under `REVENUE_PIPELINES_TOKEN_DIR` (default `./.tokens`).
+  The BigQuery sources read the sandbox's emulator, which the sandbox's environment names
+  (`BIGQUERY_EMULATOR_HOST`, `BIGQUERY_STORAGE_EMULATOR_HOST`, `GOOGLE_APPLICATION_CREDENTIALS`).
 - PROD talks to the real services and lands assets in BigQuery. A setting it cannot do without
   fails definition load, with every missing variable named at once.
 
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
-from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
+from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.token_store import FileTokenStore
 
@@ -33,6 +36,11 @@ ENVIRONMENTS = ("local", "prod")
 # Where `python -m revenue_pipelines.sandbox serve` listens.
 SANDBOX_URL = "http://127.0.0.1:8765"
 SANDBOX_SALESFORCE_URL = "https://127.0.0.1:8766"
+# The sandbox's BigQuery project and source datasets (its emulator's endpoints come from its environment).
+SANDBOX_BIGQUERY_PROJECT = "revenue-sandbox"
+SANDBOX_BILLING_DATASET = "billing"
+SANDBOX_GA4_EXPORT_DATASET = "analytics_123456789"
+DEFAULT_SOURCE_BYTE_BUDGET = str(20 * 1024**3)
 REQUIRED = "required"
 """A PROD default that is no default: the variable must be set."""
 
@@ -45,6 +53,7 @@ class Environment:
     hubspot: HubSpotResource
     salesforce: SalesforceResource
     ga4: GA4Resource
+    bigquery_source: BigQuerySource
     io_manager: dg.ConfigurableIOManager
 
 
@@ -99,6 +108,13 @@ def get_environment() -> Environment:
 
 def _resources(settings: _Settings) -> Environment:
     token_dir = settings.value("REVENUE_PIPELINES_TOKEN_DIR", local=".tokens", prod=REQUIRED) or ""
+    warehouse = BigQueryWarehouse(
+        project=settings.value("BIGQUERY_PROJECT", local=SANDBOX_BIGQUERY_PROJECT, prod=REQUIRED) or "",
+        location=settings.value("BIGQUERY_LOCATION", local="US", prod="US") or "US",
+        # Set only against the sandbox's emulator (its REST API, and its Storage Read API, plaintext on loopback).
+        api_endpoint=settings.value("BIGQUERY_EMULATOR_HOST", local=None, prod=None),
+        storage_read_endpoint=settings.value("BIGQUERY_STORAGE_EMULATOR_HOST", local=None, prod=None),
+    )
     return Environment(
         name=settings.name,
         hubspot=HubSpotResource(
@@ -122,13 +138,25 @@ def _resources(settings: _Settings) -> Environment:
             api_endpoint=settings.value("GA4_API_ENDPOINT", local=SANDBOX_URL, prod=None),
             service_account_json=settings.secret("GA4_SERVICE_ACCOUNT_JSON", optional=True),
         ),
+        bigquery_source=BigQuerySource(
+            warehouse=warehouse,
+            source_project=settings.value("BIGQUERY_SOURCE_PROJECT", local=None, prod=None),
+            billing_dataset=settings.value("BIGQUERY_BILLING_DATASET", local=SANDBOX_BILLING_DATASET, prod=REQUIRED)
+            or "",
+            ga4_export_dataset=settings.value(
+                "BIGQUERY_GA4_EXPORT_DATASET", local=SANDBOX_GA4_EXPORT_DATASET, prod=REQUIRED
+            )
+            or "",
+            byte_budget=int(
+                settings.value(
+                    "BIGQUERY_SOURCE_BYTE_BUDGET", local=DEFAULT_SOURCE_BYTE_BUDGET, prod=DEFAULT_SOURCE_BYTE_BUDGET
+                )
+            ),
+        ),
         io_manager=(
             BigQueryWindowIOManager(
-                project=settings.value("BIGQUERY_PROJECT", local=None, prod=REQUIRED) or "",
-                location=settings.value("BIGQUERY_LOCATION", local=None, prod="US") or "US",
+                warehouse=warehouse,
                 dataset_prefix=settings.value("BIGQUERY_DATASET_PREFIX", local=None, prod="") or "",
-                # Set only against the sandbox's emulator, whose Storage Read API is plaintext on loopback.
-                storage_read_endpoint=settings.value("BIGQUERY_STORAGE_EMULATOR_HOST", local=None, prod=None),
             )
             if settings.prod
             else PartitionedParquetIOManager(

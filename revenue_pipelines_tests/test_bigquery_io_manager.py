@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
+from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.sandbox import Sandbox
 from revenue_pipelines_tests.conftest import END, HUBSPOT_ASSETS, day_range, hubspot_resource
@@ -35,9 +35,12 @@ def emulator_env(bigquery_sandbox, monkeypatch) -> Sandbox:
 
 
 def io_manager(sandbox: Sandbox, prefix: str) -> BigQueryWindowIOManager:
-    return BigQueryWindowIOManager(
-        project=sandbox.bigquery.project, dataset_prefix=prefix, storage_read_endpoint=sandbox.bigquery.storage_endpoint
+    warehouse = BigQueryWarehouse(
+        project=sandbox.bigquery.project,
+        api_endpoint=sandbox.bigquery.endpoint,
+        storage_read_endpoint=sandbox.bigquery.storage_endpoint,
     )
+    return BigQueryWindowIOManager(warehouse=warehouse, dataset_prefix=prefix)
 
 
 def frame(first: date, last: date, version: int, rows_per_day: int = ROWS_PER_DAY, **extra) -> pl.DataFrame:
@@ -133,7 +136,9 @@ def _rewrite_window(env: dict[str, str], project: str, prefix: str) -> None:
     os.environ.update(env)
     dg.materialize(
         [events_asset(version=2, rows_per_day=20_000)],
-        resources={"io_manager": BigQueryWindowIOManager(project=project, dataset_prefix=prefix)},
+        resources={
+            "io_manager": BigQueryWindowIOManager(warehouse=BigQueryWarehouse(project=project), dataset_prefix=prefix)
+        },
         tags=day_range(END - timedelta(days=2), END),
     )
 

@@ -27,7 +27,8 @@ def test_dg_check_defs_passes():
     assert "All definitions loaded successfully" in completed.stdout + completed.stderr
 
 
-def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox, tmp_path):
+def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(seed=11, companies=60, days=10, bigquery=True)
     env = {
         **sandbox.env(),
         "DAGSTER_HOME": str(tmp_path / "home"),
@@ -43,6 +44,11 @@ def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox, tmp_path)
         assert [f.stem for f in files] == ["2026-11-18", "2026-11-19", "2026-11-20"]
         rows = pl.concat([pl.read_parquet(f) for f in files])
         assert sorted(rows["id"].to_list()) == expected_ids(sandbox, table, first, END)
+    events = pl.read_parquet(tmp_path / "data" / "bigquery" / "raw" / "ga4_events" / "*.parquet")
+    assert events.height == sum(
+        sandbox.bigquery.truth(sandbox.bigquery.ga4_export_dataset, f"events_{day:%Y%m%d}").height
+        for day in pl.date_range(first, END, eager=True)
+    )
 
 
 def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):
@@ -50,8 +56,8 @@ def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):
     (tmp_path / "home").mkdir()
     completed = _run([sys.executable, "-m", "revenue_pipelines.demo"], env)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
-    for table in ("contacts", "companies", "deals"):
-        line = next(line for line in completed.stdout.splitlines() if line.startswith(f"hubspot/raw/{table} "))
+    for table in ("hubspot/raw/contacts", "hubspot/raw/companies", "hubspot/raw/deals", "bigquery/raw/ga4_events"):
+        line = next(line for line in completed.stdout.splitlines() if line.startswith(f"{table} "))
         cells = line.split()
         assert cells[1] == "7" and int(cells[2]) > 0 and cells[3] == "0"
         assert "rows_match_schema: passed" in line

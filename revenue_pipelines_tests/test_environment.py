@@ -15,6 +15,8 @@ PROD_REQUIRED = [
     "SALESFORCE_REFRESH_TOKEN",
     "GA4_PROPERTY_ID",
     "BIGQUERY_PROJECT",
+    "BIGQUERY_BILLING_DATASET",
+    "BIGQUERY_GA4_EXPORT_DATASET",
 ]
 OPTIONAL = [
     "HUBSPOT_HOST",
@@ -24,7 +26,10 @@ OPTIONAL = [
     "GA4_SERVICE_ACCOUNT_JSON",
     "BIGQUERY_LOCATION",
     "BIGQUERY_DATASET_PREFIX",
+    "BIGQUERY_EMULATOR_HOST",
     "BIGQUERY_STORAGE_EMULATOR_HOST",
+    "BIGQUERY_SOURCE_PROJECT",
+    "BIGQUERY_SOURCE_BYTE_BUDGET",
     "REVENUE_PIPELINES_DATA_DIR",
 ]
 
@@ -44,6 +49,7 @@ def test_local_is_the_default_and_needs_nothing_set(environment):
     assert local.name == "local"
     assert local.hubspot.host.startswith("http://127.0.0.1")
     assert isinstance(local.io_manager, PartitionedParquetIOManager)
+    assert local.bigquery_source.warehouse.project == "revenue-sandbox"
 
 
 def test_prod_names_every_missing_setting_at_once(environment):
@@ -69,8 +75,10 @@ def test_prod_talks_to_the_real_services_and_lands_in_bigquery(environment):
     assert prod.salesforce.token_url == "https://login.salesforce.com/services/oauth2/token"
     assert prod.ga4.api_endpoint is None  # Google's own
     assert isinstance(prod.io_manager, BigQueryWindowIOManager)
-    assert (prod.io_manager.project, prod.io_manager.location) == ("revenue-prod", "US")
-    assert prod.io_manager.storage_read_endpoint is None  # Google's Storage Read API
+    warehouse = prod.io_manager.warehouse
+    assert (warehouse.project, warehouse.location) == ("revenue-prod", "US")
+    assert (warehouse.api_endpoint, warehouse.storage_read_endpoint) == (None, None)  # Google's own
+    assert prod.bigquery_source.warehouse == warehouse  # sources' jobs carry the same location, labels, cap
     # Credentials stay references to the environment, resolved when a run starts.
     assert isinstance(prod.hubspot.access_token, dg.EnvVar)
     assert "value-of-hubspot_access_token" not in repr(prod.hubspot)

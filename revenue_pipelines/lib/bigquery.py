@@ -15,14 +15,18 @@ this project cannot accept, so this one replaces its write path:
 """
 
 import io
+import logging
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import dagster as dg
 import grpc
 import polars as pl
+import pyarrow as pa
+from google.api_core import exceptions as api_exceptions
 from google.cloud import bigquery, bigquery_storage
 from google.cloud.bigquery_storage_v1.services.big_query_read.transports import BigQueryReadGrpcTransport
 from pydantic import Field, PrivateAttr
@@ -43,8 +47,16 @@ BIGQUERY_TYPES: Mapping[type[pl.DataType], str] = {
     pl.Boolean: "BOOL",
     pl.Date: "DATE",
 }
+UNLIMITED_MESSAGES = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 STAGING_LIFETIME = timedelta(days=1)  # a staging table left by a killed run removes itself
+# Result reads: Storage Read streams read in parallel, and batches that may wait for the consumer;
+# together they bound the memory a read holds besides what the consumer keeps. REST pages are smaller.
+READ_STREAMS = 2
+READ_QUEUE_BATCHES = 2
+REST_PAGE_ROWS = 50_000
+STORAGE_READ_API = "storage_read_api"
+REST_API = "rest_api"
 # What an existing column's type may be read as: BigQuery reports the legacy names.
 SAME_TYPE = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
 
@@ -79,42 +91,142 @@ def table_schema(frame_schema: Mapping[str, pl.DataType]) -> list[bigquery.Schem
     ]
 
 
-class BigQueryWindowIOManager(dg.ConfigurableIOManager):
-    """Partitioned assets into DAY-partitioned BigQuery tables, each run's window replaced in one transaction."""
+class ResultBatch(NamedTuple):
+    batch: pa.RecordBatch
+    read_path: str
+    """STORAGE_READ_API or REST_API: how the batch arrived."""
 
-    project: str = Field(description="The Google Cloud project that holds the datasets and pays for queries.")
+
+class ResultRead(NamedTuple):
+    frame: pl.DataFrame
+    read_path: str
+    batches: int
+
+
+class BigQueryWarehouse(dg.ConfigurableResource):
+    """Where BigQuery jobs run and who pays for them: every job of the project, the IO manager's and
+    the BigQuery sources', goes through here, so each carries the same location, labels and byte cap."""
+
+    project: str = Field(description="The Google Cloud project that runs the jobs and pays for them.")
     location: str = Field(default="US", description="Where datasets are created and jobs run (e.g. US, EU).")
-    dataset_prefix: str = Field(default="", description="Prepended to each layer's dataset, e.g. 'revenue_'.")
     maximum_bytes_billed: int = Field(
         default=10 * 1024**3, description="A job that would bill more bytes fails instead of running."
     )
     labels: dict[str, str] = Field(default={"app": "revenue_pipelines"}, description="Labels on every job.")
+    api_endpoint: str | None = Field(
+        default=None, description="The REST API's base URL; unset, Google's (the sandbox sets its emulator's)."
+    )
     storage_read_endpoint: str | None = Field(
         default=None,
         description="host:port of a plaintext Storage Read API on this machine (the sandbox's emulator); "
-        "unset, reads stream from Google's Storage Read API.",
+        "unset, results stream from Google's Storage Read API.",
+    )
+    use_storage_read_api: bool = Field(
+        default=True,
+        description="Stream results through the Storage Read API; off (or where it is refused), page them "
+        "through the REST API.",
     )
 
-    _client: bigquery.Client = PrivateAttr()
+    _client: bigquery.Client | None = PrivateAttr(default=None)
     _read_client: bigquery_storage.BigQueryReadClient | None = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        checked_name("project", self.project)
-        for key, value in self.labels.items():
-            if not (LABEL.fullmatch(key) and LABEL.fullmatch(value)):
-                raise ValueError(f"BigQuery label {key}={value} must be lowercase letters, digits, - and _.")
-        self._client = bigquery.Client(project=self.project, location=self.location)
-        if self.storage_read_endpoint:
-            host = self.storage_read_endpoint.rsplit(":", 1)[0]
-            if host not in LOOPBACK_HOSTS:
-                raise ValueError(f"storage_read_endpoint {self.storage_read_endpoint!r}: plaintext only on loopback")
-            channel = grpc.insecure_channel(self.storage_read_endpoint)
-            self._read_client = bigquery_storage.BigQueryReadClient(
-                transport=BigQueryReadGrpcTransport(channel=channel)
-            )
+    def client(self) -> bigquery.Client:
+        if self._client is None:
+            checked_name("project", self.project)
+            for key, value in self.labels.items():
+                if not (LABEL.fullmatch(key) and LABEL.fullmatch(value)):
+                    raise ValueError(f"BigQuery label {key}={value} must be lowercase letters, digits, - and _.")
+            options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
+            self._client = bigquery.Client(project=self.project, location=self.location, client_options=options)
+        return self._client
+
+    def read_client(self) -> bigquery_storage.BigQueryReadClient | None:
+        """The Storage Read client: the configured endpoint's, else Google's; None when turned off."""
+        if self.use_storage_read_api and self._read_client is None:
+            if self.storage_read_endpoint:
+                host = self.storage_read_endpoint.rsplit(":", 1)[0]
+                if host not in LOOPBACK_HOSTS:
+                    raise ValueError(
+                        f"storage_read_endpoint {self.storage_read_endpoint!r}: plaintext only on loopback"
+                    )
+                # As Google's transport: a response may be larger than gRPC's default 4 MB.
+                channel = grpc.insecure_channel(self.storage_read_endpoint, options=UNLIMITED_MESSAGES)
+                transport = BigQueryReadGrpcTransport(channel=channel)
+                self._read_client = bigquery_storage.BigQueryReadClient(transport=transport)
+            else:
+                self._read_client = bigquery_storage.BigQueryReadClient()  # application default credentials
+        return self._read_client
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+
+    def job_config(
+        self, parameters: Sequence[bigquery.ScalarQueryParameter] = (), **options: Any
+    ) -> bigquery.QueryJobConfig:
+        options.setdefault("maximum_bytes_billed", self.maximum_bytes_billed)
+        return bigquery.QueryJobConfig(query_parameters=list(parameters), labels=dict(self.labels), **options)
+
+    def query(
+        self, sql: str, parameters: Sequence[bigquery.ScalarQueryParameter] = (), **options: Any
+    ) -> bigquery.QueryJob:
+        """Run `sql` to completion; `options` go to its QueryJobConfig."""
+        job = self.client().query(sql, job_config=self.job_config(parameters, **options), location=self.location)
+        job.result()
+        return job
+
+    def estimate(self, sql: str, parameters: Sequence[bigquery.ScalarQueryParameter] = ()) -> int:
+        """The bytes `sql` would process, from a dry run (free, and it checks the query)."""
+        config = self.job_config(parameters, dry_run=True, use_query_cache=False)
+        job = self.client().query(sql, job_config=config, location=self.location)
+        return job.total_bytes_processed or 0
+
+    def batches(self, job: bigquery.QueryJob, log: logging.Logger | None = None) -> Iterator[ResultBatch]:
+        """`job`'s result as Arrow record batches, never more than a few in memory.
+
+        Through the Storage Read API while it is on and not refused (the API not enabled in the
+        project, or no permission for read sessions), else paged through the REST API.
+        """
+        read_client = self.read_client()
+        if read_client is not None:
+            streamed = job.result().to_arrow_iterable(
+                bqstorage_client=read_client, max_queue_size=READ_QUEUE_BATCHES, max_stream_count=READ_STREAMS
+            )
+            try:
+                first = next(streamed, None)
+            except (api_exceptions.PermissionDenied, api_exceptions.Forbidden) as refused:
+                (log or logging.getLogger(__name__)).warning(
+                    f"The Storage Read API refused to read {job.job_id}'s result ({refused.message}); "
+                    "paging it through the REST API instead, which is slower."
+                )
+            else:
+                if first is not None:
+                    yield ResultBatch(first, STORAGE_READ_API)
+                    yield from (ResultBatch(batch, STORAGE_READ_API) for batch in streamed)
+                return
+        for batch in job.result(page_size=REST_PAGE_ROWS).to_arrow_iterable():
+            yield ResultBatch(batch, REST_API)
+
+    def read(self, job: bigquery.QueryJob, log: logging.Logger | None = None) -> ResultRead:
+        """`job`'s result as one Polars frame, built batch by batch (see `batches`)."""
+        frames, read_path = [], REST_API
+        for result in self.batches(job, log):
+            frames.append(pl.from_arrow(result.batch))
+            read_path = result.read_path
+        if not frames:  # no batch to take the columns from: an empty page has them
+            frames = [pl.from_arrow(job.result(max_results=0).to_arrow(create_bqstorage_client=False))]
+        return ResultRead(pl.concat(frames, how="vertical"), read_path, len(frames))
+
+
+class BigQueryWindowIOManager(dg.ConfigurableIOManager):
+    """Partitioned assets into DAY-partitioned BigQuery tables, each run's window replaced in one transaction."""
+
+    warehouse: BigQueryWarehouse
+    dataset_prefix: str = Field(default="", description="Prepended to each layer's dataset, e.g. 'revenue_'.")
+
+    @property
+    def _client(self) -> bigquery.Client:
+        return self.warehouse.client()
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -141,15 +253,15 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
     def _table_id(self, asset_key: dg.AssetKey) -> str:
         source, layer, table = asset_key.path
         dataset = checked_name("dataset", f"{self.dataset_prefix}{layer}")
-        return f"{self.project}.{dataset}.{checked_name('table', f'{source}_{table}')}"
+        return f"{self.warehouse.project}.{dataset}.{checked_name('table', f'{source}_{table}')}"
 
     def _ensure_table(
         self, table_id: str, schema: list[bigquery.SchemaField], partition_column: str | None, asset_key: dg.AssetKey
     ) -> bigquery.Table:
         """The target table, created with `schema` or evolved to it: new columns added, types kept."""
         dataset = bigquery.Dataset(table_id.rsplit(".", 1)[0])
-        dataset.location = self.location
-        dataset.labels = dict(self.labels)
+        dataset.location = self.warehouse.location
+        dataset.labels = dict(self.warehouse.labels)
         self._client.create_dataset(dataset, exists_ok=True)
         wanted = bigquery.Table(table_id, schema=schema)
         if partition_column:
@@ -158,7 +270,7 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
             )
             key = [name for name in ("id",) if name in {field.name for field in schema}]
             wanted.clustering_fields = key or None
-        wanted.labels = dict(self.labels)
+        wanted.labels = dict(self.warehouse.labels)
         table = self._client.create_table(wanted, exists_ok=True)
         existing = {field.name: field for field in table.schema}
         conflicts = [
@@ -195,7 +307,7 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
             source_format=bigquery.SourceFormat.PARQUET,
             schema=schema,
             write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
-            labels=dict(self.labels),
+            labels=dict(self.warehouse.labels),
         )
         self._client.load_table_from_file(buffer, staging_id, job_config=config).result()
         return staging_id
@@ -216,7 +328,7 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
                 "COMMIT TRANSACTION;",
             ]
         )
-        return self._query(script, parameters)
+        return self.warehouse.query(script, parameters)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -225,19 +337,8 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
         partition_column = (upstream.definition_metadata or {}).get("partition_expr") if upstream else None
         window, parameters = _window_filter(context, partition_column)
         table_id = self._table_id(context.asset_key)
-        job = self._query(f"SELECT * FROM `{table_id}` WHERE {window}", parameters)  # noqa: S608 (checked names)
-        # Through the Storage Read API: Google's, or the configured one (the library makes Google's when None).
-        return pl.from_arrow(job.to_arrow(bqstorage_client=self._read_client))
-
-    def _query(self, sql: str, parameters: Sequence[bigquery.ScalarQueryParameter]) -> bigquery.QueryJob:
-        config = bigquery.QueryJobConfig(
-            query_parameters=list(parameters),
-            labels=dict(self.labels),
-            maximum_bytes_billed=self.maximum_bytes_billed,
-        )
-        job = self._client.query(sql, job_config=config, location=self.location)
-        job.result()
-        return job
+        job = self.warehouse.query(f"SELECT * FROM `{table_id}` WHERE {window}", parameters)  # noqa: S608 (checked names)
+        return self.warehouse.read(job, context.log).frame
 
 
 def _window_filter(

@@ -18,6 +18,7 @@ from revenue_pipelines.lib.metadata import markdown_table
 QUARANTINE_REASON = "quarantine_reason"
 # Column types and formats the sources' models share.
 UTC_MS = pl.Datetime(time_unit="ms", time_zone="UTC")
+UTC_US = pl.Datetime(time_unit="us", time_zone="UTC")  # BigQuery's TIMESTAMP
 EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 CURRENCY = r"^[A-Z]{3}$"
 _ROW = "__row"
@@ -54,8 +55,13 @@ def schema_dtypes(schema: Schema) -> dict[str, pl.DataType]:
     return {name: column.dtype.type for name, column in as_schema(schema).columns.items()}
 
 
-def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
-    """Parse a text column into `dtype`; unparseable values become null (and are reported)."""
+def _cast(column: str, dtype: pl.DataType, received: pl.DataType) -> pl.Expr:
+    """Parse a text column into `dtype`; unparseable values become null (and are reported). A
+    typed column (from a typed source such as BigQuery) is cast instead, or kept if it has `dtype`."""
+    if received == dtype:
+        return pl.col(column)
+    if received not in (pl.Utf8, pl.Null):
+        return pl.col(column).cast(dtype, strict=False)
     text = pl.col(column).cast(pl.Utf8)
     if dtype == pl.Utf8:
         return text
@@ -80,7 +86,7 @@ def validate(raw: pl.DataFrame, schema: Schema) -> Validated:
     """
     dtypes = schema_dtypes(schema)
     raw = raw.with_columns(pl.lit(None, dtype=pl.Utf8).alias(name) for name in dtypes if name not in raw.columns)
-    typed = raw.with_columns(_cast(name, dtype).alias(name) for name, dtype in dtypes.items())
+    typed = raw.with_columns(_cast(name, dtype, raw.schema[name]).alias(name) for name, dtype in dtypes.items())
 
     failures = pl.concat([_cast_failures(raw, typed, dtypes), _check_failures(typed, schema)], how="vertical_relaxed")
     if failures.is_empty():

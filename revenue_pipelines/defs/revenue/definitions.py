@@ -4,7 +4,7 @@ import dagster as dg
 
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
-SOURCES = ["hubspot", "salesforce", "ga4"]
+SOURCES = ["hubspot", "salesforce", "ga4", "bigquery"]
 
 daily_revenue_job = dg.define_asset_job(
     "daily_revenue_job",
