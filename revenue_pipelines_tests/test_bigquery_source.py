@@ -3,7 +3,7 @@ streamed results, and every seeded row read exactly once."""
 
 import os
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -15,6 +15,7 @@ from revenue_pipelines.defs.bigquery.queries import SqlFile
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.lib.bigquery import REST_API, STORAGE_READ_API, BigQueryWarehouse
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.lib.validation import QUARANTINE_REASON
 from revenue_pipelines.sandbox import Sandbox
 from revenue_pipelines_tests.conftest import END, materialize_range, read_layer
 
@@ -220,6 +221,39 @@ def test_billing_invoices_are_read_exactly_once_with_their_accounts_and_payments
     assert materialize_range([billing_invoices], {"bigquery_source": source(sandbox)}, tmp_path, last, last).success
     again = read_layer(tmp_path, "bigquery", "raw", "billing_invoices")
     assert again.select(expected.columns).sort("id").equals(expected)
+
+
+def test_an_invoice_without_its_account_is_quarantined_not_dropped(sandbox, tmp_path):
+    """The account is a LEFT JOIN: an orphan invoice arrives, fails its check, and is kept."""
+    day = END - timedelta(days=40)
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    billing = sandbox.bigquery.billing_dataset
+    orphan = "INV-ORPHAN-1"
+    client = sandbox.bigquery.client()
+    parameters = [
+        bigquery.ScalarQueryParameter("id", "STRING", orphan),
+        bigquery.ScalarQueryParameter("at", "TIMESTAMP", at),
+    ]
+    client.query(
+        f"INSERT INTO {billing}.invoices (invoice_id, billing_account_id, currency, subtotal_cents, tax_cents, "
+        "total_cents, status, issued_at, updated_at) VALUES (@id, 'BA-GONE', 'USD', 1000, 0, 1000, 'open', @at, @at)",
+        job_config=bigquery.QueryJobConfig(query_parameters=parameters),
+    ).result()
+    try:
+        result = materialize_range([billing_invoices], {"bigquery_source": source(sandbox)}, tmp_path, day, day)
+    finally:
+        client.query(
+            f"DELETE FROM {billing}.invoices WHERE invoice_id = @id",
+            job_config=bigquery.QueryJobConfig(query_parameters=parameters[:1]),
+        ).result()
+    check = next(iter(result.get_asset_check_evaluations()))
+    assert not check.passed
+    assert "bigquery/raw/billing_invoices: 1 of" in check.description and "crm_source" in check.description
+    quarantined = read_layer(tmp_path, "bigquery", "quarantine", "billing_invoices")
+    assert quarantined["id"].to_list() == [orphan]
+    assert "crm_source" in quarantined[QUARANTINE_REASON][0]
+    stored = read_layer(tmp_path, "bigquery", "raw", "billing_invoices")
+    assert sorted(stored["id"]) == expected_invoices(sandbox, day, day)["id"].to_list()  # the day's others, kept
 
 
 def flattened_truth(sandbox: Sandbox, days: list[date]) -> pl.DataFrame:

@@ -286,6 +286,7 @@ class BigQuery:
                 text=True,
                 # DuckDB's ~/.duckdb: the extensions linked from the wheels, and no writes to the real home.
                 env={**os.environ, "HOME": str(directory / "home")},
+                cwd=directory,  # DuckDB spills big queries to ./.tmp: into the sandbox's folder, removed with it
                 start_new_session=True,  # Ctrl-C in a terminal reaches the sandbox's owner, which stops this
             )
         # Generate the seed data (and import the client) while the child starts: it takes seconds.
