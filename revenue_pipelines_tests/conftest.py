@@ -21,6 +21,7 @@ from revenue_pipelines.defs.salesforce.assets import (
     salesforce_users,
 )
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
+from revenue_pipelines.lib.bigquery import BigQueryWarehouse
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.token_store import FileTokenStore
 from revenue_pipelines.sandbox import Sandbox
@@ -58,6 +59,32 @@ def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
 @pytest.fixture
 def sandbox(sandbox_factory) -> Sandbox:
     return sandbox_factory(seed=11, companies=60, days=10)
+
+
+@pytest.fixture(scope="module")
+def bigquery_sandbox() -> Iterator[Sandbox]:
+    """One seeded BigQuery emulator per module (it takes seconds to start); tests keep to their own datasets."""
+    with Sandbox(seed=3, companies=40, days=10, end_date=END, bigquery=True) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def emulator_env(bigquery_sandbox, monkeypatch) -> Sandbox:
+    """The module's BigQuery sandbox, its credentials in the environment as the sandbox's `run` sets them."""
+    for name, value in bigquery_sandbox.bigquery.env().items():
+        monkeypatch.setenv(name, value)
+    return bigquery_sandbox
+
+
+def bigquery_warehouse(sandbox: Sandbox, **overrides) -> BigQueryWarehouse:
+    """The production resource, aimed at the sandbox's emulator."""
+    bigquery = sandbox.bigquery
+    config = {
+        "project": bigquery.project,
+        "api_endpoint": bigquery.endpoint,
+        "storage_read_endpoint": bigquery.storage_endpoint,
+    }
+    return BigQueryWarehouse(**{**config, **overrides})
 
 
 def hubspot_resource(sandbox: Sandbox, **overrides) -> HubSpotResource:

@@ -4,43 +4,23 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
-import pytest
 
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.sandbox import Sandbox
-from revenue_pipelines_tests.conftest import END, HUBSPOT_ASSETS, day_range, hubspot_resource
+from revenue_pipelines_tests.conftest import END, HUBSPOT_ASSETS, bigquery_warehouse, day_range, hubspot_resource
 
 KEY = ["testsrc", "raw", "events"]
 TABLE = "testsrc_events"
 ROWS_PER_DAY = 3
 
 
-@pytest.fixture(scope="module")
-def bigquery_sandbox() -> Iterator[Sandbox]:
-    with Sandbox(seed=1, companies=5, days=3, end_date=END, bigquery=True) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture
-def emulator_env(bigquery_sandbox, monkeypatch) -> Sandbox:
-    for name, value in bigquery_sandbox.bigquery.env().items():
-        monkeypatch.setenv(name, value)
-    return bigquery_sandbox
-
-
 def io_manager(sandbox: Sandbox, prefix: str) -> BigQueryWindowIOManager:
-    warehouse = BigQueryWarehouse(
-        project=sandbox.bigquery.project,
-        api_endpoint=sandbox.bigquery.endpoint,
-        storage_read_endpoint=sandbox.bigquery.storage_endpoint,
-    )
-    return BigQueryWindowIOManager(warehouse=warehouse, dataset_prefix=prefix)
+    return BigQueryWindowIOManager(warehouse=bigquery_warehouse(sandbox), dataset_prefix=prefix)
 
 
 def frame(first: date, last: date, version: int, rows_per_day: int = ROWS_PER_DAY, **extra) -> pl.DataFrame:

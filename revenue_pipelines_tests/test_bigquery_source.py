@@ -2,7 +2,6 @@
 streamed results, and every seeded row read exactly once."""
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -13,42 +12,23 @@ from google.cloud import bigquery
 from revenue_pipelines.defs.bigquery.assets import INVOICES_KEY, billing_invoices, ga4_events
 from revenue_pipelines.defs.bigquery.queries import SqlFile
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
-from revenue_pipelines.lib.bigquery import REST_API, STORAGE_READ_API, BigQueryWarehouse
+from revenue_pipelines.lib.bigquery import REST_API, STORAGE_READ_API
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines.lib.validation import QUARANTINE_REASON
 from revenue_pipelines.sandbox import Sandbox
-from revenue_pipelines_tests.conftest import END, materialize_range, read_layer
+from revenue_pipelines_tests.conftest import END, bigquery_warehouse, materialize_range, read_layer
 
 HOSTILE = "x' OR '1'='1'; DROP TABLE billing.accounts; --"
 
 
-@pytest.fixture(scope="module")
-def bigquery_sandbox() -> Iterator[Sandbox]:
-    with Sandbox(seed=3, companies=40, days=10, end_date=END, bigquery=True) as sandbox:
-        yield sandbox
-
-
 @pytest.fixture
-def sandbox(bigquery_sandbox, monkeypatch) -> Sandbox:
-    """The module's sandbox, its credentials in the environment as the sandbox's `run` sets them."""
-    for name, value in bigquery_sandbox.bigquery.env().items():
-        monkeypatch.setenv(name, value)
-    return bigquery_sandbox
-
-
-def warehouse(sandbox: Sandbox, **overrides) -> BigQueryWarehouse:
-    bigquery = sandbox.bigquery
-    config = {
-        "project": bigquery.project,
-        "api_endpoint": bigquery.endpoint,
-        "storage_read_endpoint": bigquery.storage_endpoint,
-    }
-    return BigQueryWarehouse(**{**config, **overrides})
+def sandbox(emulator_env) -> Sandbox:
+    return emulator_env
 
 
 def source(sandbox: Sandbox, **overrides) -> BigQuerySource:
     config = {
-        "warehouse": warehouse(sandbox),
+        "warehouse": bigquery_warehouse(sandbox),
         "billing_dataset": sandbox.bigquery.billing_dataset,
         "ga4_export_dataset": sandbox.bigquery.ga4_export_dataset,
     }
@@ -136,7 +116,7 @@ def test_results_stream_in_batches_holding_memory_to_a_few_of_them(sandbox):
         "CREATE TABLE IF NOT EXISTS streamed.numbers AS "
         "SELECT x AS a, x * 2 AS b, x * 3 AS c, x * 4 AS d FROM UNNEST(GENERATE_ARRAY(1, 6000000)) AS x"
     ).result()
-    reader = warehouse(sandbox)
+    reader = bigquery_warehouse(sandbox)
     job = reader.query("SELECT * FROM streamed.numbers")
     total_bytes, rows, batches, largest = 0, 0, 0, 0
     before = peak = None
@@ -159,18 +139,18 @@ def test_results_stream_in_batches_holding_memory_to_a_few_of_them(sandbox):
 
 def test_without_the_storage_read_api_results_are_paged_through_rest(sandbox):
     query = "SELECT x AS n FROM UNNEST(GENERATE_ARRAY(1, 120000)) AS x"
-    rest = warehouse(sandbox, use_storage_read_api=False)
+    rest = bigquery_warehouse(sandbox, use_storage_read_api=False)
     read = rest.read(rest.query(query))
     assert read.read_path == REST_API
     assert read.batches >= 2  # 50,000-row pages
     assert read.frame["n"].sort().to_list() == list(range(1, 120_001))
-    streamed = warehouse(sandbox).read(warehouse(sandbox).query(query))
+    streamed = bigquery_warehouse(sandbox).read(bigquery_warehouse(sandbox).query(query))
     assert streamed.read_path == STORAGE_READ_API
     assert streamed.frame.sort("n").equals(read.frame.sort("n"))
 
 
 def test_an_empty_result_keeps_its_columns(sandbox):
-    reader = warehouse(sandbox)
+    reader = bigquery_warehouse(sandbox)
     read = reader.read(reader.query("SELECT 1 AS n, 'a' AS s FROM UNNEST([1]) WHERE FALSE"))
     assert read.frame.height == 0
     assert read.frame.columns == ["n", "s"]
