@@ -33,7 +33,7 @@ from typing import NamedTuple
 import trustme
 
 from revenue_pipelines.sandbox.bigquery import BigQuery
-from revenue_pipelines.sandbox.billing_data import BillingSeed
+from revenue_pipelines.sandbox.billing_data import BillingSeed, CrmTruth
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.ga4_export import GA4Export
@@ -118,8 +118,7 @@ class Sandbox:
     def _bigquery_sources(self, seed: int) -> list[BillingSeed | GA4Export]:
         """BigQuery's seed data sets, from the CRM and GA4 data as generated (generated themselves
         while the emulator starts)."""
-        billing = BillingSeed(
-            seed,
+        crm = CrmTruth(
             hubspot_deals=self.hubspot.truth("deals"),
             hubspot_companies=self.hubspot.truth("companies"),
             deal_companies=self.hubspot.truth_associations("deals", "companies"),
@@ -128,6 +127,7 @@ class Sandbox:
             overlap=self.salesforce.truth_overlap(),
             window=self.hubspot.window,
         )
+        billing = BillingSeed(seed, crm)
         return [billing, GA4Export(self.ga4.facts, seed=seed, property_id=self.ga4.property_id)]
 
     @property

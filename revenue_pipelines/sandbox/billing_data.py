@@ -55,6 +55,21 @@ HUBSPOT_WON_STAGE = "closedwon"
 DTYPES = {"STRING": pl.String(), "INTEGER": pl.Int64(), "TIMESTAMP": UTC_US, "DATE": pl.Date()}
 
 
+@dataclass(frozen=True)
+class CrmTruth:
+    """What billing is made from: HubSpot's `truth("deals")`, `truth("companies")` and
+    `truth_associations("deals", "companies")`; Salesforce's `truth("Opportunity")`, `truth("Account")`
+    and `truth_overlap()`; `window` the sandbox's [start, end)."""
+
+    hubspot_deals: pl.DataFrame
+    hubspot_companies: pl.DataFrame
+    deal_companies: pl.DataFrame
+    opportunities: pl.DataFrame
+    accounts: pl.DataFrame
+    overlap: pl.DataFrame
+    window: tuple[datetime, datetime]
+
+
 class BillingSeed:
     """The billing system as BigQuery's seed (`bigquery.SeedSource`): generated on first use, from
     the CRM frames it was given (captured at construction, so later data faults do not reach it)."""
@@ -65,32 +80,13 @@ class BillingSeed:
     def table_names(self) -> list[str]:
         return list(TABLES)
 
-    def __init__(
-        self,
-        seed: int,
-        *,
-        hubspot_deals: pl.DataFrame,
-        hubspot_companies: pl.DataFrame,
-        deal_companies: pl.DataFrame,
-        opportunities: pl.DataFrame,
-        accounts: pl.DataFrame,
-        overlap: pl.DataFrame,
-        window: tuple[datetime, datetime],
-    ):
-        self._inputs = {
-            "hubspot_deals": hubspot_deals,
-            "hubspot_companies": hubspot_companies,
-            "deal_companies": deal_companies,
-            "opportunities": opportunities,
-            "accounts": accounts,
-            "overlap": overlap,
-            "window": window,
-        }
+    def __init__(self, seed: int, crm: CrmTruth):
         self._seed = seed
+        self._crm = crm
 
     @cached_property
     def billing(self) -> Billing:
-        return generate_billing(self._seed, **self._inputs)
+        return generate_billing(self._seed, self._crm)
 
     def schema(self, table: str) -> tuple[Column, ...]:
         return SCHEMAS[_known(table)]
@@ -156,24 +152,12 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
 }
 
 
-def generate_billing(
-    seed: int,
-    *,
-    hubspot_deals: pl.DataFrame,
-    hubspot_companies: pl.DataFrame,
-    deal_companies: pl.DataFrame,
-    opportunities: pl.DataFrame,
-    accounts: pl.DataFrame,
-    overlap: pl.DataFrame,
-    window: tuple[datetime, datetime],
-) -> Billing:
-    """Billing for the CRM data: HubSpot's `truth("deals")`, `truth("companies")` and
-    `truth_associations("deals", "companies")`; Salesforce's `truth("Opportunity")`,
-    `truth("Account")` and `truth_overlap()`; `window` the sandbox's [start, end)."""
+def generate_billing(seed: int, crm: CrmTruth) -> Billing:
+    """The billing system for the CRMs' won business (see `CrmTruth`)."""
     draws = Draws(f"{seed}:billing")
-    end_us = _micros(window[1])
-    won = _won_business(hubspot_deals, hubspot_companies, deal_companies, opportunities, accounts, overlap)
-    customers = _accounts(draws, won, hubspot_companies, accounts, end_us)
+    end_us = _micros(crm.window[1])
+    won = _won_business(crm)
+    customers = _accounts(draws, won, crm.hubspot_companies, crm.accounts, end_us)
     invoices = _invoices(draws, won, customers, end_us)
     payments = _payments(draws, invoices, end_us)
     last_payment = payments.group_by("invoice_id").agg(last_paid=pl.col("paid_at").max())
@@ -194,19 +178,12 @@ def _micros(moment: datetime) -> int:
     return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
-def _won_business(
-    deals: pl.DataFrame,
-    companies: pl.DataFrame,
-    deal_companies: pl.DataFrame,
-    opportunities: pl.DataFrame,
-    accounts: pl.DataFrame,
-    overlap: pl.DataFrame,
-) -> pl.DataFrame:
+def _won_business(crm: CrmTruth) -> pl.DataFrame:
     """Every won deal and opportunity that bills a customer: crm_source and customer (the customer's
     CRM id), crm_deal_id, amount_cents (null without an amount), currency and closed_us (epoch µs)."""
-    live_accounts = accounts.filter(~pl.col("IsDeleted")).select(account="Id")
+    live_accounts = crm.accounts.filter(~pl.col("IsDeleted")).select(account="Id")
     salesforce = (
-        opportunities.filter(pl.col("IsWon") & ~pl.col("IsDeleted"))
+        crm.opportunities.filter(pl.col("IsWon") & ~pl.col("IsDeleted"))
         .join(live_accounts, left_on="AccountId", right_on="account", how="semi")
         .select(
             crm_source=pl.lit("salesforce"),
@@ -217,11 +194,11 @@ def _won_business(
             closed_us=pl.col("CloseDate").cast(pl.Datetime("us")).dt.epoch("us"),
         )
     )
-    shared = overlap.join(live_accounts, left_on="account_id", right_on="account", how="semi")
-    live_companies = companies.filter(~pl.col("archived")).select(company="id")
+    shared = crm.overlap.join(live_accounts, left_on="account_id", right_on="account", how="semi")
+    live_companies = crm.hubspot_companies.filter(~pl.col("archived")).select(company="id")
     hubspot = (
-        deals.filter((pl.col("dealstage") == HUBSPOT_WON_STAGE) & ~pl.col("archived"))
-        .join(deal_companies.select(deal="from_id", company="to_id"), left_on="id", right_on="deal")
+        crm.hubspot_deals.filter((pl.col("dealstage") == HUBSPOT_WON_STAGE) & ~pl.col("archived"))
+        .join(crm.deal_companies.select(deal="from_id", company="to_id"), left_on="id", right_on="deal")
         .join(live_companies, on="company", how="semi")
         .join(shared, left_on="company", right_on="hubspot_company_id", how="left")
         .select(
