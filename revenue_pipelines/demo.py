@@ -68,6 +68,8 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
             for name in ("rows", "quarantined_rows", "path"):
                 if name in metadata:
                     row[name] = metadata[name].value
+            if "records" in metadata:  # a current state: its records as of the last day
+                row["rows"] = metadata["records"].value
         elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
             row = assets.setdefault(evaluation.asset_key.to_user_string(), {"checks": []})

@@ -126,14 +126,23 @@ def salesforce_resource(sandbox: Sandbox, token_dir: Path, **overrides) -> Sales
 
 
 def materialize_range(
-    assets: list, resources: dict[str, object], data_dir: Path, first: date, last: date
+    assets: list,
+    resources: dict[str, object],
+    data_dir: Path,
+    first: date,
+    last: date,
+    **options,
 ) -> dg.ExecuteInProcessResult:
-    """One single-run backfill of [first, last], written as Parquet under `data_dir`."""
+    """One single-run backfill of [first, last], written as Parquet under `data_dir`.
+
+    `options` go to `dg.materialize` (an `instance` that outlives the run, a `selection`).
+    """
     return dg.materialize(
         assets,
         resources={**resources, "io_manager": PartitionedParquetIOManager(base_dir=str(data_dir))},
         tags=day_range(first, last),
         raise_on_error=False,
+        **options,
     )
 
 

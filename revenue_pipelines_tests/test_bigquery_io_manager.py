@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from revenue_pipelines.defs.hubspot.assets import hubspot_states
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.sandbox import Sandbox
@@ -158,3 +159,33 @@ def test_the_hubspot_raw_tables_and_their_quarantines_land_in_their_layer_datase
         assert next(iter(rows))["n"] == materialization.metadata["rows"].value > 0
         quarantine = client.get_table(f"{sandbox.bigquery.project}.{prefix}quarantine.{table}")
         assert quarantine.time_partitioning.field == PARTITION_COLUMN
+
+
+def test_current_state_in_bigquery_day_by_day_equals_one_rebuild(emulator_env):
+    """The production path: the first day finds no state table, each next day reads the one before."""
+    sandbox = emulator_env
+    first, last = END - timedelta(days=2), END
+
+    def build(prefix: str, start: date, end: date, instance: dg.DagsterInstance) -> None:
+        resources = {"hubspot": hubspot_resource(sandbox), "io_manager": io_manager(sandbox, prefix)}
+        assets = [*HUBSPOT_ASSETS, *hubspot_states]
+        assert dg.materialize(assets, resources=resources, tags=day_range(start, end), instance=instance).success
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        build("state_rebuilt_", first, last, instance)
+    with dg.DagsterInstance.ephemeral() as instance:
+        for offset in range(3):
+            build("state_daily_", first + timedelta(days=offset), first + timedelta(days=offset), instance)
+
+    client = sandbox.bigquery.client()
+    for table in ("contacts", "companies", "deals"):
+        rebuilt, daily = (
+            pl.from_arrow(
+                client.query_and_wait(
+                    f"SELECT * FROM `{sandbox.bigquery.project}.{prefix}core.hubspot_{table}`"
+                ).to_arrow()
+            ).sort(PARTITION_COLUMN, "id")
+            for prefix in ("state_rebuilt_", "state_daily_")
+        )
+        assert rebuilt.height > 0 and rebuilt[PARTITION_COLUMN].n_unique() == 3
+        assert rebuilt.equals(daily), table

@@ -13,20 +13,31 @@ RAW_TABLES = [
     *(f"salesforce/raw/{table}" for table in ("accounts", "opportunities", "contacts", "leads", "users")),
     *(f"ga4/raw/{report.name}" for report in REPORTS),
 ]
+CORE_TABLES = [table.replace("/raw/", "/core/") for table in RAW_TABLES if table.startswith(("hubspot", "salesforce"))]
 
 
 def test_every_asset_is_documented_grouped_kinded_and_owned():
     repository = defs().get_repository_def()
     specs = [spec for assets in repository.assets_defs_by_key.values() for spec in assets.specs]
     keys = {spec.key.to_user_string() for spec in specs}
-    assert keys >= {*RAW_TABLES, *(table.replace("/raw/", "/quarantine/") for table in RAW_TABLES)}
+    assert keys >= {*RAW_TABLES, *(table.replace("/raw/", "/quarantine/") for table in RAW_TABLES), *CORE_TABLES}
     for spec in specs:
         source, layer, table = spec.key.path
         assert spec.description, spec.key
         assert spec.group_name == source
         assert source in spec.kinds
         assert spec.owners
-        assert layer in {"raw", "quarantine"} and table
+        assert layer in {"raw", "quarantine", "core"} and table
+
+
+def test_each_current_state_builds_on_its_raw_changes_and_its_own_previous_day():
+    asset_graph = defs().resolve_asset_graph()
+    for table in CORE_TABLES:
+        key = dg.AssetKey.from_user_string(table)
+        raw = dg.AssetKey.from_user_string(table.replace("/core/", "/raw/"))
+        assert asset_graph.get(key).parent_keys == {raw, key}
+        mapping = asset_graph.get_partition_mapping(key, parent_asset_key=key)
+        assert (mapping.start_offset, mapping.end_offset) == (-1, -1)
 
 
 def test_raw_tables_have_a_blocking_schema_check():

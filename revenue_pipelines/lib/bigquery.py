@@ -332,12 +332,19 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
 
     # --- reading ------------------------------------------------------------------------------
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | None:
+        """The input's partition window; None for a table not written yet, if the input allows missing partitions."""
         upstream = context.upstream_output
         partition_column = (upstream.definition_metadata or {}).get("partition_expr") if upstream else None
         window, parameters = _window_filter(context, partition_column)
         table_id = self._table_id(context.asset_key)
-        job = self.warehouse.query(f"SELECT * FROM `{table_id}` WHERE {window}", parameters)  # noqa: S608 (checked names)
+        try:
+            job = self.warehouse.query(f"SELECT * FROM `{table_id}` WHERE {window}", parameters)  # noqa: S608 (checked names)
+        except api_exceptions.NotFound:
+            if (context.definition_metadata or {}).get("allow_missing_partitions"):
+                context.log.warning(f"{table_id} does not exist yet: no partitions of it to load.")
+                return None
+            raise
         return self.warehouse.read(job, context.log).frame
 
 

@@ -26,7 +26,8 @@ class PartitionedParquetIOManager(PolarsParquetIOManager):
       replace an object whole on upload and keep the stock write.
 
     Reading is the mirror image: a downstream step over several partitions gets one frame with
-    all of them (the stock manager hands over a dict, unless the input asks for one).
+    all of them (the stock manager hands over a dict, unless the input asks for one), or None when
+    the input allows missing partitions and all are missing.
     """
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -65,7 +66,8 @@ class PartitionedParquetIOManager(PolarsParquetIOManager):
     def load_partitions(self, context: dg.InputContext) -> Any:
         loaded = super().load_partitions(context)
         if len(context.asset_partition_keys) > 1 and not is_dict_type(context.dagster_type.typing_type):
-            return pl.concat(list(loaded.values()), how="vertical_relaxed")
+            # With `allow_missing_partitions`, every partition may be missing: then there is nothing.
+            return pl.concat(list(loaded.values()), how="vertical_relaxed") if loaded else None
         return loaded
 
     def write_df_to_path(self, context: dg.OutputContext, df: pl.DataFrame, path: UPath) -> None:

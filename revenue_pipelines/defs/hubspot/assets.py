@@ -1,12 +1,15 @@
-"""HubSpot's contacts, companies and deals as daily raw tables, each with quarantine and check."""
+"""HubSpot's contacts, companies and deals as daily raw tables, each with quarantine and check, and the
+current state of each."""
 
 from datetime import datetime
 
 import dagster as dg
 import pandera.polars as pa
+import polars as pl
 
 from revenue_pipelines.defs.hubspot.checks import Company, Contact, Deal
 from revenue_pipelines.defs.hubspot.resources import HubSpotObject, HubSpotResource
+from revenue_pipelines.lib.current_state import current_state_asset
 from revenue_pipelines.lib.raw_assets import WindowRead, raw_table_asset
 from revenue_pipelines.lib.validation import schema_dtypes
 
@@ -72,3 +75,9 @@ hubspot_deals = _hubspot_table(
     "HubSpot deals modified or archived during each UTC day, one row per deal: pipeline, stage, amount "
     "and currency, close date, and the ids of the associated companies and contacts.",
 )
+
+
+hubspot_states = [
+    current_state_asset(raw=table.keys_by_output_name["raw"], removed=pl.col("archived"), removed_as="archived")
+    for table in (hubspot_contacts, hubspot_companies, hubspot_deals)
+]

@@ -1,13 +1,15 @@
 """Salesforce's accounts, opportunities, contacts, leads and users as daily raw tables, each with
-quarantine and check."""
+quarantine and check, and the current state of each."""
 
 from datetime import datetime
 
 import dagster as dg
 import pandera.polars as pa
+import polars as pl
 
 from revenue_pipelines.defs.salesforce.checks import Account, Contact, Lead, Opportunity, User
 from revenue_pipelines.defs.salesforce.resources import SalesforceObject, SalesforceResource
+from revenue_pipelines.lib.current_state import current_state_asset
 from revenue_pipelines.lib.raw_assets import WindowRead, raw_table_asset
 from revenue_pipelines.lib.validation import schema_dtypes
 
@@ -89,3 +91,14 @@ salesforce_users = _salesforce_table(
     User,
     "Salesforce users changed during each UTC day: the owners that accounts, opportunities and leads point to.",
 )
+
+salesforce_states = [
+    current_state_asset(raw=table.keys_by_output_name["raw"], removed=pl.col("IsDeleted"), removed_as="deleted")
+    for table in (
+        salesforce_accounts,
+        salesforce_opportunities,
+        salesforce_contacts,
+        salesforce_leads,
+        salesforce_users,
+    )
+]
