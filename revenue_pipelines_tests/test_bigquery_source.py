@@ -9,11 +9,12 @@ import polars as pl
 import pytest
 from google.cloud import bigquery
 
-from revenue_pipelines.defs.bigquery.assets import INVOICES_KEY, billing_invoices, ga4_events
+from revenue_pipelines.defs.bigquery.assets import INVOICES_KEY, billing_invoices, billing_invoices_state, ga4_events
 from revenue_pipelines.defs.bigquery.queries import SqlFile
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.lib.bigquery import REST_API, STORAGE_READ_API
-from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.lib.current_state import HISTORY_SINCE
+from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.validation import QUARANTINE_REASON
 from revenue_pipelines.sandbox import Sandbox
 from revenue_pipelines_tests.conftest import END, bigquery_warehouse, materialize_range, read_layer
@@ -201,6 +202,24 @@ def test_billing_invoices_are_read_exactly_once_with_their_accounts_and_payments
     assert materialize_range([billing_invoices], {"bigquery_source": source(sandbox)}, tmp_path, last, last).success
     again = read_layer(tmp_path, "bigquery", "raw", "billing_invoices")
     assert again.select(expected.columns).sort("id").equals(expected)
+
+
+def test_the_billing_state_holds_every_invoice_of_the_whole_history_once(sandbox, tmp_path):
+    """Most invoices last changed long before the CRM window: the state must be built from the first partition."""
+    first, last = DAILY_INGESTION.start.date(), END
+    assets = [billing_invoices, billing_invoices_state]
+    result = materialize_range(assets, {"bigquery_source": source(sandbox)}, tmp_path, first, last)
+    assert result.success
+    state = read_layer(tmp_path, "bigquery", "core", "billing_invoices")
+    latest = state.filter(pl.col(PARTITION_COLUMN) == last)
+    expected = expected_invoices(sandbox, first, last).drop(PARTITION_COLUMN)
+    assert expected["id"].n_unique() == sandbox.bigquery.truth(sandbox.bigquery.billing_dataset, "invoices").height
+    assert latest.select(expected.columns).sort("id").equals(expected)
+    # A file per day, the days before the first invoice empty.
+    assert len(list((tmp_path / "bigquery" / "core" / "billing_invoices").glob("*.parquet"))) == (last - first).days + 1
+    assert state[PARTITION_COLUMN].min() > first
+    [materialization, *_] = result.asset_materializations_for_node("bigquery__core__billing_invoices")
+    assert materialization.metadata[HISTORY_SINCE].value == first.isoformat()
 
 
 def test_an_invoice_without_its_account_is_quarantined_not_dropped(sandbox, tmp_path):

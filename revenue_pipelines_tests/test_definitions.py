@@ -13,7 +13,10 @@ RAW_TABLES = [
     *(f"salesforce/raw/{table}" for table in ("accounts", "opportunities", "contacts", "leads", "users")),
     *(f"ga4/raw/{report.name}" for report in REPORTS),
 ]
-CORE_TABLES = [table.replace("/raw/", "/core/") for table in RAW_TABLES if table.startswith(("hubspot", "salesforce"))]
+CORE_TABLES = [
+    *(table.replace("/raw/", "/core/") for table in RAW_TABLES if table.startswith(("hubspot", "salesforce"))),
+    "bigquery/core/billing_invoices",
+]
 
 
 def test_every_asset_is_documented_grouped_kinded_and_owned():

@@ -64,19 +64,24 @@ def apply_changes(
     )
 
 
-def current_state_asset(*, raw: dg.AssetKey, removed: pl.Expr, removed_as: str, key: str = "id") -> dg.AssetsDefinition:
+def current_state_asset(
+    *, raw: dg.AssetKey, removed: pl.Expr | None = None, removed_as: str = "", key: str = "id"
+) -> dg.AssetsDefinition:
     """`[source, "core", table]`: the current state of the raw change table `raw`, one snapshot per day.
 
     `removed` is true on the versions that remove a record (a Polars expression over the raw
-    columns), `removed_as` says how in words ("deleted"); `key` identifies a record.
+    columns; None for sources that never remove one), `removed_as` says how in words ("deleted");
+    `key` identifies a record.
     """
     source, _, table = raw.path
     state_key = dg.AssetKey([source, "core", table])
+    removal = f", {removed_as} records removed" if removed is not None else ""
     description = (
-        f"Every record of {raw.to_user_string()} at its latest version as of the end of each day, {removed_as} "
-        "records removed. Each day is the day before with that day's changes applied, so history is read once; "
+        f"Every record of {raw.to_user_string()} at its latest version as of the end of each day{removal}. Each "
+        "day is the day before with that day's changes applied, so history is read once; "
         f"`{HISTORY_SINCE}` says since when changes have been applied."
     )
+    removed = pl.lit(False) if removed is None else removed
 
     @dg.asset(
         key=state_key,

@@ -1,4 +1,5 @@
-"""The BigQuery sources: billing's invoices and GA4's raw event export, one daily partition each."""
+"""The BigQuery sources: billing's invoices and GA4's raw event export, one daily partition each, and
+the current state of the invoices."""
 
 from datetime import datetime, timedelta
 
@@ -8,6 +9,7 @@ import polars as pl
 from revenue_pipelines.defs.bigquery.checks import BillingInvoice, GA4Event
 from revenue_pipelines.defs.bigquery.queries import SqlFile
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
+from revenue_pipelines.lib.current_state import current_state_asset
 from revenue_pipelines.lib.raw_assets import CHANGED_AT, WindowRead, raw_table_asset
 
 BILLING_INVOICES = SqlFile.load("billing_invoices", {"window_start", "window_end"})
@@ -62,3 +64,6 @@ ga4_events = raw_table_asset(
     partition_day=pl.col("event_date"),
     key=("event_timestamp", "user_pseudo_id", "event_name"),
 )
+
+# Invoices are voided, never deleted: the state keeps every invoice at its latest status.
+billing_invoices_state = current_state_asset(raw=INVOICES_KEY)
