@@ -3,7 +3,8 @@ clients over HTTP and gRPC, with a service-account key that refreshes at the san
 
 One emulator serves the module (it takes seconds to start); each test works in a dataset of its own.
 The data sets every emulator is seeded with (billing, GA4's export) are checked against the CRM and
-GA4 sandboxes on a second, larger sandbox (`seeded`).
+GA4 sandboxes on a second, larger sandbox (`seeded`); the reference data (the same in every sandbox)
+on the first, and against the pipelines' local copy of it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -26,7 +28,8 @@ from google.cloud import bigquery, bigquery_storage
 from google.oauth2 import service_account
 from polars.testing import assert_frame_equal
 
-from revenue_pipelines.sandbox import Sandbox
+import revenue_pipelines
+from revenue_pipelines.sandbox import Sandbox, hubspot_data, reference_data
 
 SESSIONS = pl.DataFrame(
     {
@@ -261,6 +264,54 @@ def test_a_sandbox_without_bigquery_has_none_in_its_environment():
         assert not any("BIGQUERY" in name or name == "GOOGLE_APPLICATION_CREDENTIALS" for name in sb.env())
 
 
+# --- the seeded reference data: account mapping and currency rates ------------------------------
+
+CURRENCY_RATES_CSV = Path(revenue_pipelines.__file__).parent / "defs" / "revenue" / "reference" / "currency_rates.csv"
+REFERENCE_COLUMNS = {
+    "account_mapping": [("account_key", "STRING"), ("system", "STRING"), ("record_id", "STRING")],
+    "currency_rates": [("valid_from", "DATE"), ("currency", "STRING"), ("usd_per_unit", "FLOAT")],
+}
+
+
+def test_the_reference_dataset_holds_an_empty_account_mapping_and_the_currency_rates(sandbox, client):
+    bq = sandbox.bigquery
+    assert bq.reference_dataset == "reference"
+    assert bq.env()["BIGQUERY_REFERENCE_DATASET"] == "reference"
+    assert {t.table_id for t in client.list_tables("reference")} == set(REFERENCE_COLUMNS)
+    for name, columns in REFERENCE_COLUMNS.items():
+        schema = client.get_table(f"reference.{name}").schema
+        assert [(field.name, field.field_type, field.mode) for field in schema] == [
+            (column, kind, "REQUIRED") for column, kind in columns
+        ]
+        assert schema == bq.schema("reference", name)
+    assert rows(client, "SELECT COUNT(*) AS n FROM reference.account_mapping")["n"].to_list() == [0]
+    assert bq.truth("reference", "account_mapping").columns == [
+        column for column, _ in REFERENCE_COLUMNS["account_mapping"]
+    ]
+    with bq.read_client() as read_client:
+        rates = pl.from_arrow(client.list_rows("reference.currency_rates").to_arrow(bqstorage_client=read_client))
+    assert_frame_equal(rates.sort("valid_from", "currency"), bq.truth("reference", "currency_rates"))
+
+
+def test_the_currency_rates_cover_every_month_and_deal_currency_and_match_the_pipelines_csv():
+    rates = reference_data.currency_rates()
+    assert_frame_equal(rates, reference_data.currency_rates())  # deterministic
+    months = pl.date_range(date(2024, 1, 1), date(2027, 12, 1), "1mo", eager=True)
+    assert rates.height == months.len() * 5 == 240
+    assert set(hubspot_data.CURRENCIES) <= set(rates["currency"])  # Salesforce's picklist is the same
+    for currency, group in rates.group_by("currency"):
+        assert group["valid_from"].to_list() == months.to_list()
+        low, high = reference_data.RATE_BANDS[currency[0]]
+        assert group["usd_per_unit"].is_between(low, high).all()
+        assert (group["usd_per_unit"] == group["usd_per_unit"].round(6)).all()
+    assert (rates.filter(pl.col("currency") == "USD")["usd_per_unit"] == 1.0).all()
+    assert rates.filter(pl.col("currency") == "EUR")["usd_per_unit"].n_unique() > 40  # it moves month to month
+
+    assert CURRENCY_RATES_CSV.read_text().splitlines()[0] == "valid_from,currency,usd_per_unit"
+    local = pl.read_csv(CURRENCY_RATES_CSV, schema=rates.schema)
+    assert_frame_equal(local, rates, check_exact=True)
+
+
 # --- the seeded data sets: billing and the GA4 export ------------------------------------------
 
 SEEDED_END = date(2026, 11, 20)
@@ -325,8 +376,11 @@ def test_the_seeded_tables_exist_with_their_declared_schemas_and_rows(seeded):
     export = bq.ga4_export_dataset
     assert (bq.billing_dataset, export) == ("billing", f"analytics_{seeded.ga4.property_id}")
     window = pl.date_range(date(2026, 10, 22), SEEDED_END, eager=True)
-    assert bq.seeded_tables == [f"billing.{name}" for name in BILLING_COLUMNS] + [
-        f"{export}.events_{day:%Y%m%d}" for day in window
+    assert bq.seeded_tables == [
+        *(f"billing.{name}" for name in BILLING_COLUMNS),
+        *(f"{export}.events_{day:%Y%m%d}" for day in window),
+        "reference.account_mapping",
+        "reference.currency_rates",
     ]
     with bq.client() as client:
         for name, columns in BILLING_COLUMNS.items():
@@ -401,7 +455,9 @@ def test_every_won_hubspot_deal_with_an_amount_is_invoiced_and_no_customer_is_bi
     assert not hubspot["external_account_id"].is_in(shared["hubspot_company_id"].cast(pl.String).to_list()).any()
     assert accounts["billing_account_id"].is_unique().all() and accounts["external_account_id"].is_unique().all()
 
-    deals = seeded.hubspot.truth("deals").filter((pl.col("dealstage") == "closedwon") & ~pl.col("archived"))
+    deals = seeded.hubspot.truth("deals").filter(
+        (pl.col("dealstage") == "closedwon") & ~pl.col("archived") & pl.col("hs_salesforceopportunityid").is_null()
+    )  # a deal mirrored from Salesforce is billed as its opportunity (below)
     companies = seeded.hubspot.truth_associations("deals", "companies").select(id="from_id", company="to_id")
     won = deals.join(companies, on="id").join(shared, left_on="company", right_on="hubspot_company_id", how="left")
     billed = won.join(
@@ -413,6 +469,39 @@ def test_every_won_hubspot_deal_with_an_amount_is_invoiced_and_no_customer_is_bi
     assert (billed["subtotal_cents"] == (billed["amount"].cast(pl.Float64) * 100).cast(pl.Int64)).all()
     under_salesforce = billed.filter(pl.col("account_id").is_not_null())
     assert under_salesforce.height > 0 and (under_salesforce["Id"] == under_salesforce["account_id"]).all()
+
+
+def test_each_won_business_has_exactly_one_invoice_and_a_mirrored_deal_none_of_its_own(seeded):
+    """A won deal mirrored from Salesforce is its opportunity's business: the opportunity's invoice bills it."""
+    invoices = seeded.bigquery.truth("billing", "invoices")
+    mirrors = seeded.truth_mirrored_deals()
+    deals = seeded.hubspot.truth("deals").filter((pl.col("dealstage") == "closedwon") & ~pl.col("archived"))
+    won_mirrors = deals.join(mirrors, left_on="id", right_on="hubspot_deal_id")
+    assert won_mirrors.height > 3
+    assert invoices["crm_deal_id"].is_unique().all()
+    assert not invoices["crm_deal_id"].is_in(mirrors["hubspot_deal_id"].cast(pl.String).implode()).any()
+
+    live_accounts = seeded.salesforce.truth("Account").filter(~pl.col("IsDeleted"))["Id"].implode()
+    won_opportunities = seeded.salesforce.truth("Opportunity").filter(
+        pl.col("IsWon")
+        & ~pl.col("IsDeleted")
+        & pl.col("Amount").is_not_null()
+        & pl.col("AccountId").is_in(live_accounts)
+    )
+    billed_mirrors = won_mirrors.join(won_opportunities, left_on="opportunity_id", right_on="Id")
+    assert billed_mirrors.height > 0
+    by_opportunity = billed_mirrors.join(invoices, left_on="opportunity_id", right_on="crm_deal_id")
+    assert by_opportunity.height == billed_mirrors.height
+    assert (by_opportunity["subtotal_cents"] == (by_opportunity["amount"].cast(pl.Float64) * 100).cast(pl.Int64)).all()
+
+    # Won business: live won opportunities of live accounts, and HubSpot's own live won deals of live
+    # companies (archiving drops the association), each with an amount; each invoiced once.
+    companies = seeded.hubspot.truth_associations("deals", "companies")["from_id"].implode()
+    own_deals = deals.filter(
+        pl.col("hs_salesforceopportunityid").is_null() & pl.col("id").is_in(companies) & pl.col("amount").is_not_null()
+    )
+    business = [*won_opportunities["Id"], *own_deals["id"].cast(pl.String)]
+    assert sorted(invoices["crm_deal_id"]) == sorted(business)
 
 
 def test_invoices_and_payments_add_up_and_keep_to_the_window(seeded):

@@ -15,6 +15,7 @@ import pytest
 import urllib3
 from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest
 from hubspot.crm.contacts import PublicObjectSearchRequest
+from hubspot.crm.deals import PublicObjectSearchRequest as DealSearchRequest
 
 from revenue_pipelines.sandbox import Sandbox
 
@@ -107,7 +108,9 @@ def test_missing_or_wrong_token_is_rejected_with_hubspots_body(sb, http):
 
 def test_data_set_has_the_promised_shape(sb):
     contacts, companies, deals = (sb.hubspot.truth(name) for name in ("contacts", "companies", "deals"))
-    assert (companies.height, contacts.height, deals.height) == (300, 1500, 600)
+    own_deals = deals.filter(pl.col("hs_salesforceopportunityid").is_null())
+    assert (companies.height, contacts.height, own_deals.height) == (300, 1500, 600)
+    assert deals.height == 600 + sb.truth_mirrored_deals().height  # and those mirrored from Salesforce
     for truth in (contacts, companies, deals):
         assert truth["id"].is_unique().all() and truth["id"].is_sorted()
         assert truth["id"].diff().drop_nulls().max() > 1  # gaps
@@ -246,6 +249,67 @@ def test_search_sorts_by_modification_and_ors_groups(sb, http):
     assert [int(r["id"]) for r in response["results"]] == truth.sort("updated_at", descending=True)["id"].to_list()
     plain = post(http, sb, "/crm/v3/objects/deals/search", {"sorts": ["hs_object_id"], "limit": 3}).json()
     assert [int(r["id"]) for r in plain["results"]] == live(sb.hubspot.truth("deals"))["id"].head(3).to_list()
+
+
+def test_mirrored_deals_carry_their_opportunity_id_through_the_real_client(sb, http):
+    """hs_salesforceopportunityid is a deal property like any: listed, searched, sent when requested."""
+    names = [prop["name"] for prop in get(http, sb, "/crm/v3/properties/deals").json()["results"]]
+    assert "hs_salesforceopportunityid" in names
+    truth = live(sb.hubspot.truth("deals"))
+    start, end = sb.hubspot.window
+    api = client(sb).crm.deals
+    served, after = {}, None
+    while True:
+        page = api.search_api.do_search(
+            DealSearchRequest(
+                filter_groups=window_filter("hs_lastmodifieddate", start, end),
+                sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                properties=["dealname", "hs_salesforceopportunityid"],
+                limit=200,
+                after=after,
+            )
+        )
+        served |= {int(record.id): record.properties for record in page.results}
+        if page.paging is None:
+            break
+        after = page.paging.next.after
+    assert all("hs_salesforceopportunityid" in properties for properties in served.values())  # null or not
+    opportunity_ids = {deal: properties["hs_salesforceopportunityid"] for deal, properties in served.items()}
+    assert opportunity_ids == dict(truth.select("id", "hs_salesforceopportunityid").iter_rows())
+    mirrored = {deal: opportunity for deal, opportunity in opportunity_ids.items() if opportunity is not None}
+    pairs = sb.truth_mirrored_deals()
+    assert mirrored == dict(
+        pairs.filter(pl.col("hubspot_deal_id").is_in(truth["id"].implode()))
+        .select("hubspot_deal_id", "opportunity_id")
+        .iter_rows()
+    )
+    assert 100 < len(mirrored) < len(served) / 3
+    assert all(re.fullmatch(r"006[a-zA-Z0-9]{15}", opportunity) for opportunity in mirrored.values())
+
+    # An equality filter finds a mirror by its opportunity; the default properties leave it out.
+    deal, opportunity = next(iter(mirrored.items()))
+    found = api.search_api.do_search(
+        DealSearchRequest(
+            filter_groups=[
+                {"filters": [{"propertyName": "hs_salesforceopportunityid", "operator": "EQ", "value": opportunity}]}
+            ]
+        )
+    )
+    assert [int(record.id) for record in found.results] == [deal]
+    assert "hs_salesforceopportunityid" not in found.results[0].properties
+
+    # Archived mirrors are listed with the other archived deals, the property with them.
+    archived = sb.hubspot.truth("deals").filter("archived")
+    archived_mirrors = archived.filter(pl.col("hs_salesforceopportunityid").is_not_null())
+    assert 0 < archived_mirrors.height < archived.height
+    listed, after = {}, None
+    while True:
+        page = api.basic_api.get_page(limit=100, after=after, archived=True, properties=["hs_salesforceopportunityid"])
+        listed |= {int(record.id): record.properties["hs_salesforceopportunityid"] for record in page.results}
+        if page.paging is None:
+            break
+        after = page.paging.next.after
+    assert listed == dict(archived.select("id", "hs_salesforceopportunityid").iter_rows())
 
 
 def test_search_bounds_are_exact_to_the_millisecond(sb, http):

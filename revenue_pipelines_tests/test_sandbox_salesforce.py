@@ -447,6 +447,85 @@ def test_accounts_overlap_with_hubspot_companies(sb):
     assert accounts.with_columns(domain=domain)["domain"].drop_nulls().is_unique().all()
 
 
+HUBSPOT_OPEN_STAGES = {
+    "appointmentscheduled", "qualifiedtobuy", "presentationscheduled", "decisionmakerboughtin", "contractsent",
+}  # fmt: skip
+
+
+def test_some_opportunities_of_shared_accounts_are_hubspot_deals_too(sb):
+    """HubSpot's Salesforce integration mirrors about 30% of the live opportunities of the accounts
+    that are (live) HubSpot companies: one deal each, the same business, hs_salesforceopportunityid set."""
+    mirrors = sb.truth_mirrored_deals()
+    opportunities = sb.salesforce.truth("Opportunity")
+    overlap = sb.salesforce.truth_overlap()
+    deals = sb.hubspot.truth("deals")
+    live_companies = sb.hubspot.truth("companies").filter(~pl.col("archived"))["id"].implode()
+    eligible = (
+        opportunities.filter(~pl.col("IsDeleted"))
+        .join(overlap, left_on="AccountId", right_on="account_id")
+        .filter(pl.col("hubspot_company_id").is_in(live_companies))
+    )
+    assert mirrors.height > 100 and 0.25 <= mirrors.height / eligible.height <= 0.35
+    assert mirrors["hubspot_deal_id"].is_unique().all() and mirrors["opportunity_id"].is_unique().all()
+    assert mirrors.columns == ["hubspot_deal_id", "opportunity_id", "account_id", "hubspot_company_id"]
+
+    # Each pairs with an opportunity (live or deleted) of an overlap account, and has its company.
+    paired = deals.join(mirrors, left_on="id", right_on="hubspot_deal_id").join(
+        opportunities, left_on="opportunity_id", right_on="Id"
+    )
+    assert paired.height == mirrors.height
+    assert paired.join(
+        overlap, left_on=["AccountId", "hubspot_company_id"], right_on=["account_id", "hubspot_company_id"], how="anti"
+    ).is_empty()
+    assert (paired["account_id"] == paired["AccountId"]).all()
+    assert (paired["hs_salesforceopportunityid"] == paired["opportunity_id"]).all()
+    assert (paired["opportunity_id"].str.len_chars() == 18).all()
+    # The same business: name, amount, currency, close date; the stage mapped.
+    assert (paired["dealname"] == paired["Name"]).all()
+    assert paired["amount"].cast(pl.Float64).eq_missing(paired["Amount"]).all()
+    assert paired["amount"].null_count() == paired["Amount"].null_count()
+    assert (paired["deal_currency_code"] == paired["CurrencyIsoCode"]).all()
+    close = paired["closedate"].str.to_datetime("%Y-%m-%dT%H:%M:%S%.3fZ", time_zone="UTC")
+    assert (close.dt.date() == paired["CloseDate"]).all() and (close == close.dt.truncate("1d")).all()
+    won, lost = paired["StageName"] == "Closed Won", paired["StageName"] == "Closed Lost"
+    assert ((paired["dealstage"] == "closedwon") == won).all() and ((paired["dealstage"] == "closedlost") == lost).all()
+    assert paired.filter(~won & ~lost)["dealstage"].is_in(list(HUBSPOT_OPEN_STAGES)).all()
+    assert won.any() and lost.any() and (~won & ~lost).any()
+    # Changed (by the integration) in the window, like other deals; a few archived, as other deals are.
+    start, end = sb.hubspot.window
+    assert paired["updated_at"].is_between(start, end, closed="left").all()
+    assert (paired["archived_at"].drop_nulls() < end).all() and 0 < paired["archived"].sum() <= 0.06 * paired.height
+
+    # A live mirror is associated with the overlapping company, and only with it; with its contacts too.
+    deal_companies = sb.hubspot.truth_associations("deals", "companies")
+    live = paired.filter(~pl.col("archived"))
+    assert sorted(deal_companies.filter(pl.col("from_id").is_in(live["id"].implode())).iter_rows()) == sorted(
+        live.select("id", "hubspot_company_id").iter_rows()
+    )
+    deal_contacts = sb.hubspot.truth_associations("deals", "contacts").join(
+        sb.hubspot.truth_associations("contacts", "companies"), left_on="to_id", right_on="from_id"
+    )
+    mirrored_contacts = deal_contacts.join(live, left_on="from_id", right_on="id")
+    assert mirrored_contacts["from_id"].n_unique() > 0.8 * live.height
+    assert (mirrored_contacts["to_id_right"] == mirrored_contacts["hubspot_company_id"]).all()
+    archived = paired.filter("archived")["id"].implode()
+    assert deal_companies.filter(pl.col("from_id").is_in(archived)).is_empty()
+
+    # Every other deal is HubSpot's own: no opportunity id.
+    assert deals["hs_salesforceopportunityid"].drop_nulls().len() == mirrors.height
+
+
+def test_the_mirrored_deals_are_the_same_for_the_same_seed(sandbox_factory):
+    def mirrors(seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        sb = sandbox_factory(seed=seed, companies=40)
+        return sb.truth_mirrored_deals(), sb.hubspot.truth("deals")
+
+    first, again, other = mirrors(3), mirrors(3), mirrors(4)
+    assert first[0].height > 5
+    assert first[0].equals(again[0]) and first[1].equals(again[1])
+    assert not first[0].equals(other[0])
+
+
 def test_ids_are_18_characters_with_valid_checksums(sb):
     for name in OBJECTS:
         truth = sb.salesforce.truth(name)

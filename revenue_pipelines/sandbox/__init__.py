@@ -4,6 +4,7 @@
         client = hubspot.HubSpot(access_token=sb.token, host=sb.url)
         sb.hubspot.truth("contacts")          # what a correct extraction must produce
         sb.salesforce.truth("Opportunity")    # Salesforce, over TLS at sb.salesforce_url (CA: sb.ca_bundle)
+        sb.truth_mirrored_deals()             # opportunities that are HubSpot deals too
         sb.ga4.truth(["date", "sessionSource"], ["sessions"], "2026-11-01", "2026-11-07")  # GA4, at sb.url
         sb.faults.add("status", status=503)   # the next request fails
         sb.bigquery.client()                  # BigQuery's emulator, given Sandbox(bigquery=True)
@@ -11,13 +12,18 @@
         sb.requests.count(status=200)         # what the server really saw
 
 The data set is a pure function of the parameters, so a test can compare a pipeline's output
-with the ground truth exactly, and script transport and data faults around it. GA4's Data API
-shares HubSpot's listener (its client needs no TLS); its traffic comes from the campaigns and
-sources the CRM records name, so the three can be joined. BigQuery (`bigquery.py`) is the
+with the ground truth exactly, and script transport and data faults around it. About 60% of the
+Salesforce accounts are HubSpot companies (`salesforce.truth_overlap()`), and about 30% of their
+live opportunities are HubSpot deals too, as HubSpot's Salesforce integration mirrors them (the
+deal's `hs_salesforceopportunityid` holds the opportunity's Id): one business in both CRMs. GA4's
+Data API shares HubSpot's listener (its client needs no TLS); its traffic comes from the campaigns
+and sources the CRM records name, so the three can be joined. BigQuery (`bigquery.py`) is the
 local-bigquery emulator in a child process; it takes seconds to start, so it is off by default. It
 starts seeded with two source data sets made from the others: the billing system
-(`billing_data.py`: an invoice per won deal or opportunity, for its amount) and GA4's BigQuery
-export of the property (`ga4_export.py`: events that add up to the Data API's reports).
+(`billing_data.py`: an invoice per won business, for its amount; a mirrored deal is its
+opportunity's) and GA4's BigQuery export of the property (`ga4_export.py`: events that add up to
+the Data API's reports); and with the revenue team's hand-kept reference data (`reference_data.py`:
+an empty account mapping and monthly currency rates), the same in every sandbox.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
+import polars as pl
 import trustme
 
 from revenue_pipelines.sandbox.bigquery import BigQuery
@@ -38,6 +45,7 @@ from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.ga4_export import GA4Export
 from revenue_pipelines.sandbox.hubspot import HubSpot
+from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 
@@ -55,14 +63,19 @@ class Sandbox:
     """HubSpot and GA4 on a plain HTTP listener and Salesforce on a TLS one (simple-salesforce
     insists on https), signed by a CA made for this sandbox; data is generated at construction.
 
+    `deals` counts HubSpot's own deals (default 2 per company); the deals mirrored from Salesforce
+    come on top (`truth_mirrored_deals()`: about 0.5 per company at the default sizes), and deal ids
+    are drawn over both, in creation order.
+
     `ga4_rows_per_day` sizes GA4's traffic: about that many fact rows a day (default 300); with
     110,000, a three-day report by date, landing page and campaign runs past 250,000 rows.
 
     `bigquery=True` adds BigQuery (`self.bigquery`, else None), which starts in seconds, seeded with
-    the dataset `billing` (accounts, invoices and payments for the CRMs' won business) and GA4's
-    export `analytics_<property id>` (a table events_YYYYMMDD a day of the window); their ground
-    truth is `self.bigquery.truth(dataset, table)`. Both are made from the data as generated here,
-    before any test changes it. Seeding adds about 2 s at the default sizes, and about 25 s for
+    the dataset `billing` (accounts, invoices and payments for the CRMs' won business), GA4's
+    export `analytics_<property id>` (a table events_YYYYMMDD a day of the window) and `reference`
+    (account_mapping, empty, and currency_rates, the same in every sandbox); their ground truth is
+    `self.bigquery.truth(dataset, table)`. Billing and the export are made from the data as generated
+    here, before any test changes it. Seeding adds about 2 s at the default sizes, and about 25 s for
     5 million GA4 events (`ga4_rows_per_day` about 25,000).
     """
 
@@ -106,6 +119,7 @@ class Sandbox:
             days=days,
             end_date=end_date,
         )
+        self.hubspot.mirror_salesforce(self.salesforce.truth("Opportunity"), self.salesforce.truth_overlap())
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
         self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
         self._ca = trustme.CA()
@@ -115,9 +129,15 @@ class Sandbox:
         self._ports = (port, salesforce_port)
         self._listeners: _Listeners | None = None
 
-    def _bigquery_sources(self, seed: int) -> list[BillingSeed | GA4Export]:
+    def truth_mirrored_deals(self) -> pl.DataFrame:
+        """The opportunities that are HubSpot deals too, made by HubSpot's Salesforce integration:
+        `hubspot_deal_id`, `opportunity_id` (the deal's hs_salesforceopportunityid), `account_id` and
+        `hubspot_company_id` (the overlapping company the deal is associated with), archived deals too."""
+        return self.hubspot.truth_mirrored_deals()
+
+    def _bigquery_sources(self, seed: int) -> list[BillingSeed | GA4Export | ReferenceSeed]:
         """BigQuery's seed data sets, from the CRM and GA4 data as generated (generated themselves
-        while the emulator starts)."""
+        while the emulator starts), and the reference data, which depends on none of it."""
         crm = CrmTruth(
             hubspot_deals=self.hubspot.truth("deals"),
             hubspot_companies=self.hubspot.truth("companies"),
@@ -128,7 +148,7 @@ class Sandbox:
             window=self.hubspot.window,
         )
         billing = BillingSeed(seed, crm)
-        return [billing, GA4Export(self.ga4.facts, seed=seed, property_id=self.ga4.property_id)]
+        return [billing, GA4Export(self.ga4.facts, seed=seed, property_id=self.ga4.property_id), ReferenceSeed()]
 
     @property
     def url(self) -> str:

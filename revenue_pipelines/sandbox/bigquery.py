@@ -11,18 +11,21 @@ with the service-account key in GOOGLE_APPLICATION_CREDENTIALS and trades it at 
 here the sandbox's POST /token. The emulator takes any bearer token.
 
 It starts seeded with its `sources` (`SeedSource`): `Sandbox` gives it the billing system
-(`billing_dataset`) and the GA4 property's export (`ga4_export_dataset`), each table created by a
+(`billing_dataset`), the GA4 property's export (`ga4_export_dataset`) and the revenue team's
+reference data (`reference_dataset`: account mapping, currency rates), each table created by a
 Parquet load with its declared schema through the real client, and kept as `truth(dataset, table)`.
 
 Where the emulator is not BigQuery:
 - A partition decorator (`table$20261121`) names a new table rather than a partition.
 - `Table.num_rows` is stale after TRUNCATE TABLE: count rows with a query.
-- A WRITE_TRUNCATE load turns REQUIRED columns NULLABLE (partitioning and clustering stay).
+- A WRITE_TRUNCATE or WRITE_EMPTY load turns REQUIRED columns NULLABLE (partitioning and clustering
+  stay); a WRITE_APPEND load keeps them, and their NOT NULL holds. Seeding creates a table with
+  REQUIRED columns first, then appends to it.
 - Queries (dry runs too) report the logical bytes of the tables they name (rows x columns x 8; the
   sandbox adds this), not those of the columns and partitions read; wildcard tables report 0, and
   `maximum_bytes_billed` is not enforced.
 - Jobs run in location US whatever they ask for.
-- A load or a CREATE TABLE costs about 0.1 s however small (seeding the 33 tables adds about 2 s to
+- A load or a CREATE TABLE costs about 0.1 s however small (seeding the 35 tables adds about 2 s to
   the start); big nested loads run at about 200,000 GA4 events a second.
 - A scalar subquery over UNNEST needs the alias: `(SELECT p.value.int_value FROM UNNEST(event_params)
   AS p WHERE p.key = 'x')` works, the unaliased `... FROM UNNEST(event_params) WHERE key = 'x'` does not.
@@ -145,7 +148,8 @@ class Column:
 
 
 class SeedSource(Protocol):
-    """A data set the emulator is seeded with at start (`billing_data.BillingSeed`, `ga4_export.GA4Export`)."""
+    """A data set the emulator is seeded with at start (`billing_data.BillingSeed`, `ga4_export.GA4Export`,
+    `reference_data.ReferenceSeed`)."""
 
     @property
     def dataset(self) -> str: ...
@@ -178,8 +182,8 @@ class BigQuery:
     `sources` are those data sets (`SeedSource`): once the emulator listens, each becomes a dataset
     of tables created with their declared schemas and loaded as Parquet through the real client.
     Their frames are generated while the emulator starts and loaded a few at a time; `truth` gives
-    a table as loaded. `Sandbox` seeds the billing system (`billing_dataset`) and the GA4 property's
-    export (`ga4_export_dataset`).
+    a table as loaded. `Sandbox` seeds the billing system (`billing_dataset`), the GA4 property's
+    export (`ga4_export_dataset`) and the revenue team's reference data (`reference_dataset`).
     """
 
     def __init__(self, project: str = PROJECT, sources: Sequence[SeedSource] = ()):
@@ -199,6 +203,11 @@ class BigQuery:
     def ga4_export_dataset(self) -> str | None:
         """The GA4 property's export (analytics_<property id>), if seeded."""
         return _dataset_of(self._sources.values(), "analytics_")
+
+    @property
+    def reference_dataset(self) -> str | None:
+        """The revenue team's hand-kept reference data ("reference": account_mapping, currency_rates), if seeded."""
+        return _dataset_of(self._sources.values(), "reference")
 
     @property
     def seeded_tables(self) -> list[str]:
@@ -265,6 +274,7 @@ class BigQuery:
             # The seeded source datasets, for the pipelines' BigQuery sources.
             **({"BIGQUERY_BILLING_DATASET": self.billing_dataset} if self.billing_dataset else {}),
             **({"BIGQUERY_GA4_EXPORT_DATASET": self.ga4_export_dataset} if self.ga4_export_dataset else {}),
+            **({"BIGQUERY_REFERENCE_DATASET": self.reference_dataset} if self.reference_dataset else {}),
         }
 
     def start(self, directory: Path, token_uri: str) -> None:
@@ -395,14 +405,21 @@ class _Seeding:
 def _load_table(client: bigquery.Client, source: SeedSource, table: str, parquet: IO[bytes], rows: int) -> None:
     from google.cloud import bigquery
 
-    schema = [bigquery.SchemaField.from_api_repr(column.api_repr()) for column in source.schema(table)]
+    name = f"{client.project}.{source.dataset}.{table}"
+    columns = source.schema(table)
+    schema = [bigquery.SchemaField.from_api_repr(column.api_repr()) for column in columns]
     config = bigquery.LoadJobConfig(
         source_format=bigquery.SourceFormat.PARQUET,
         schema=schema,
         create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         write_disposition=bigquery.WriteDisposition.WRITE_EMPTY,
     )
-    job = client.load_table_from_file(parquet, f"{client.project}.{source.dataset}.{table}", job_config=config)
+    if any(column.mode == "REQUIRED" for column in columns):
+        # The emulator's WRITE_EMPTY load would make them NULLABLE; an append to a new table keeps them.
+        client.create_table(bigquery.Table(name, schema=schema))
+        config.create_disposition = bigquery.CreateDisposition.CREATE_NEVER
+        config.write_disposition = bigquery.WriteDisposition.WRITE_APPEND
+    job = client.load_table_from_file(parquet, name, job_config=config)
     loaded = job.result().output_rows
     if loaded != rows:
         raise RuntimeError(f"{source.dataset}.{table}: loaded {loaded} rows of {rows}")

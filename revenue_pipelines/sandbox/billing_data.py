@@ -8,11 +8,14 @@ A pure function of the seed and of the CRM data it is given (drawn with `Draws`,
 - A customer with won business has one billing account. Won business is a live won opportunity
   (IsWon) of a live account, or a live closedwon HubSpot deal of a live company, which bills that
   company's customer (the Salesforce account, when the company is one). Opportunities of deleted
-  accounts, and deals whose company is archived (archiving drops the association), bill no one.
-- Each won deal or opportunity with an amount has one invoice: subtotal = amount x 100 cents
-  exactly, in the deal's currency, tax 0-20% (the account's rate), issued 0-3 days after the close
-  and before the window's end, due 30 days after issue. Status shares are exactly those of
-  `STATUSES` (rounded); paid invoices are paid in full by one payment or two, some open ones in part.
+  accounts, and deals whose company is archived (archiving drops the association), bill no one. A
+  deal HubSpot's Salesforce integration made of an opportunity (`hs_salesforceopportunityid` set) is
+  that opportunity's business, not more of it: it never bills on its own (the opportunity does).
+- Each won deal or opportunity that bills, if it has an amount, has one invoice: subtotal =
+  amount x 100 cents exactly, in the deal's currency, tax 0-20% (the account's rate), issued 0-3
+  days after the close and before the window's end, due 30 days after issue. Status shares are
+  exactly those of `STATUSES` (rounded); paid invoices are paid in full by one payment or two, some
+  open ones in part.
 
 Timestamps are UTC, to the microsecond, and fall before the window's end; like the CRMs' creation
 dates they reach back before its start (most deals closed months before it). `external_account_id`
@@ -180,7 +183,8 @@ def _micros(moment: datetime) -> int:
 
 def _won_business(crm: CrmTruth) -> pl.DataFrame:
     """Every won deal and opportunity that bills a customer: crm_source and customer (the customer's
-    CRM id), crm_deal_id, amount_cents (null without an amount), currency and closed_us (epoch µs)."""
+    CRM id), crm_deal_id, amount_cents (null without an amount), currency and closed_us (epoch µs).
+    Deals mirrored from Salesforce are left to their opportunities: each business bills once."""
     live_accounts = crm.accounts.filter(~pl.col("IsDeleted")).select(account="Id")
     salesforce = (
         crm.opportunities.filter(pl.col("IsWon") & ~pl.col("IsDeleted"))
@@ -197,7 +201,11 @@ def _won_business(crm: CrmTruth) -> pl.DataFrame:
     shared = crm.overlap.join(live_accounts, left_on="account_id", right_on="account", how="semi")
     live_companies = crm.hubspot_companies.filter(~pl.col("archived")).select(company="id")
     hubspot = (
-        crm.hubspot_deals.filter((pl.col("dealstage") == HUBSPOT_WON_STAGE) & ~pl.col("archived"))
+        crm.hubspot_deals.filter(
+            (pl.col("dealstage") == HUBSPOT_WON_STAGE)
+            & ~pl.col("archived")
+            & pl.col("hs_salesforceopportunityid").is_null()
+        )
         .join(crm.deal_companies.select(deal="from_id", company="to_id"), left_on="id", right_on="deal")
         .join(live_companies, on="company", how="semi")
         .join(shared, left_on="company", right_on="hubspot_company_id", how="left")

@@ -28,7 +28,9 @@ from revenue_pipelines.sandbox.hubspot_data import (
     TIMESTAMP_FORMAT,
     UTC_MS,
     ObjectTable,
+    Portal,
     Property,
+    add_mirrored_deals,
     as_utc,
     generate_portal,
 )
@@ -99,6 +101,12 @@ MALFORMATIONS = {
         "deals": ("amount", "n/a"),
     },
 }
+MIRROR_SCHEMA = {
+    "hubspot_deal_id": pl.Int64,
+    "opportunity_id": pl.String,
+    "account_id": pl.String,
+    "hubspot_company_id": pl.Int64,
+}
 AUTHENTICATION_MESSAGE = (
     "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find "
     "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
@@ -131,6 +139,7 @@ class HubSpot(Service):
         self._link_cache: dict[tuple[str, str], dict[int, list[int]]] = {}
         self._encoded_link_cache: dict[tuple[str, str], dict[int, bytes]] = {}
         self._seed = seed
+        self._mirrors: pl.DataFrame | None = None
         self._malformed: dict[str, set[int]] = {name: set() for name in OBJECT_TYPES}
         self._malform_calls = 0
         self._lock = threading.Lock()  # serialises test-side changes; readers use snapshots
@@ -146,6 +155,29 @@ class HubSpot(Service):
         """Served associations (`from_id`, `to_id`); archived records have none, as in HubSpot."""
         pair = (_known(from_type), _known(to_type))
         return self._associations.get(pair, pl.DataFrame(schema={"from_id": pl.Int64, "to_id": pl.Int64}))
+
+    def truth_mirrored_deals(self) -> pl.DataFrame:
+        """The deals HubSpot's Salesforce integration made of opportunities (`mirror_salesforce`), archived
+        ones too: `hubspot_deal_id`, `opportunity_id` (18 characters), `account_id`, `hubspot_company_id`."""
+        if self._mirrors is None:
+            return pl.DataFrame(schema=MIRROR_SCHEMA)
+        return self._mirrors
+
+    # --- the Salesforce integration -----------------------------------------------------------
+
+    def mirror_salesforce(self, opportunities: pl.DataFrame, overlap: pl.DataFrame) -> None:
+        """Add the deals HubSpot's Salesforce integration made of the org's `opportunities` (its
+        Opportunity truth) at the accounts that are HubSpot companies (`overlap`); see
+        `hubspot_data.add_mirrored_deals`. Once, before any other change: deal ids are drawn again."""
+        with self._lock:
+            if self._mirrors is not None:
+                raise RuntimeError("Salesforce is mirrored already")
+            portal = Portal(dict(self._tables), self._associations, self.window)
+            portal, self._mirrors = add_mirrored_deals(portal, self._seed, opportunities, overlap)
+            self._tables = dict(portal.tables)
+            self._associations = portal.associations
+            self._link_cache.clear()
+            self._encoded_link_cache.clear()
 
     # --- data faults and drift ----------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Everything is a pure function of the seed and sizes. Values are drawn in bulk wi
 Records are stored columnar, one DataFrame per object type sorted by id, with internal
 columns (`created_at`, `updated_at`, `archived`, `archived_at`, `id_missing`) next to the
 properties, which hold exactly the strings HubSpot would send. The Salesforce org is built from
-these companies with the same generators (`Draws`, lifecycles, names, domains, emails).
+these companies with the same generators (`Draws`, lifecycles, names, domains, emails); then
+`add_mirrored_deals` adds the deals HubSpot's Salesforce integration made of some of its
+opportunities (`hs_salesforceopportunityid` set; null on HubSpot's own deals).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ SCHEMAS: dict[str, tuple[Property, ...]] = {
         _number("amount", "Amount"),
         _choice("deal_currency_code", "Currency"),
         _datetime("closedate", "Close Date"),
+        _text("hs_salesforceopportunityid", "Salesforce Opportunity ID"),
         *_bookkeeping("hs_lastmodifieddate"),
     ),
 }
@@ -175,6 +178,21 @@ DEAL_STAGE_WEIGHTS = (12, 15, 12, 10, 8, 25, 18)
 CLOSED_STAGES = frozenset({"closedwon", "closedlost"})
 CURRENCIES = ("USD", "EUR", "GBP")
 CURRENCY_WEIGHTS = (60, 25, 15)
+# Deals HubSpot's Salesforce integration made of opportunities: Salesforce's stage -> the deal's.
+MIRRORED_STAGES = {
+    "Prospecting": "appointmentscheduled",
+    "Qualification": "qualifiedtobuy",
+    "Needs Analysis": "qualifiedtobuy",
+    "Value Proposition": "presentationscheduled",
+    "Id. Decision Makers": "decisionmakerboughtin",
+    "Perception Analysis": "decisionmakerboughtin",
+    "Proposal/Price Quote": "contractsent",
+    "Negotiation/Review": "contractsent",
+    "Closed Won": "closedwon",
+    "Closed Lost": "closedlost",
+}
+MIRRORED_SHARE = (0.28, 0.32)  # of the live opportunities of accounts that are (live) HubSpot companies
+SYNC_LAG_MS = 15 * 60 * 1000  # the integration copies a new or changed opportunity within this long
 
 DAY_MS = 86_400_000
 HISTORY_MS = 730 * DAY_MS  # records may have been created up to two years before their last change
@@ -285,6 +303,109 @@ def generate_portal(
         associations[to_type, from_type] = live.select(from_id="to_id", to_id="from_id").sort("from_id", "to_id")
     tables = {name: ObjectTable(frames[name], SCHEMAS[name]) for name in OBJECT_TYPES}
     return Portal(tables, associations, window)
+
+
+def add_mirrored_deals(
+    portal: Portal, seed: int, opportunities: pl.DataFrame, overlap: pl.DataFrame
+) -> tuple[Portal, pl.DataFrame]:
+    """The portal with the deals HubSpot's Salesforce integration made of opportunities, and their pairs.
+
+    `opportunities` is the org's Opportunity table and `overlap` its accounts that are HubSpot
+    companies (account_id, hubspot_company_id), as generated. About 30% (MIRRORED_SHARE) of the live
+    opportunities of those accounts whose company is live are also deals of that company, with 1-3
+    of its contacts: the opportunity's name, amount, currency and close date (midnight UTC), its
+    stage as MIRRORED_STAGES maps it, the default pipeline, and `hs_salesforceopportunityid` its
+    18-character Id (null on every other deal). The integration made and last changed each within
+    SYNC_LAG_MS of the opportunity's creation and last change (SystemModstamp), so it falls in the
+    window; 3-5% were archived later, as other deals are. Deal ids are drawn again over all deals,
+    climbing in creation order (HubSpot's own deals keep their order and associations).
+
+    Pairs: hubspot_deal_id, opportunity_id, account_id, hubspot_company_id, by deal id.
+    """
+    draws = Draws(f"{seed}:mirrored-deals")
+    start_ms, end_ms = (int(bound.timestamp() * 1000) for bound in portal.window)
+    deals, frames = portal.tables["deals"], {name: table.frame for name, table in portal.tables.items()}
+    live_companies = frames["companies"].filter(~pl.col("archived")).select(hubspot_company_id="id")
+    candidates = (
+        opportunities.filter(~pl.col("IsDeleted"))
+        .join(overlap.select(AccountId="account_id", hubspot_company_id="hubspot_company_id"), on="AccountId")
+        .join(live_companies, on="hubspot_company_id", how="semi")
+        .sort("Id")
+    )
+    mirrored = candidates.filter(draws.share(candidates.height, *MIRRORED_SHARE))
+    n = mirrored.height
+
+    changed = mirrored["SystemModstamp"].dt.epoch("ms") + draws.below(SYNC_LAG_MS, n)
+    updated = changed.clip(start_ms, end_ms - 2)  # room for an archival before the window's end
+    created = pl.min_horizontal(mirrored["CreatedDate"].dt.epoch("ms") + draws.below(SYNC_LAG_MS, n), updated)
+    archived = draws.share(n, 0.03, 0.05)
+    delay = (draws.uniform(n) * (end_ms - 1 - updated)).floor().cast(pl.Int64)
+    lifecycle = pl.DataFrame({"created": pl.select(created).to_series(), "updated": updated}).with_columns(
+        archived_at=pl.when(archived).then(pl.col("updated") + 1 + delay)
+    )
+    cents = (mirrored["Amount"] * 100).round().cast(pl.Int64)
+    properties = {
+        "dealname": mirrored["Name"],
+        "pipeline": pl.repeat("default", n, dtype=pl.String, eager=True),
+        "dealstage": mirrored["StageName"].replace_strict(MIRRORED_STAGES, return_dtype=pl.String),
+        "amount": pl.select(pl.format("{}.{}", cents // 100, (cents % 100).cast(pl.String).str.zfill(2))).to_series(),
+        "deal_currency_code": mirrored["CurrencyIsoCode"],
+        "closedate": timestamps(mirrored["CloseDate"].cast(pl.Datetime("ms")).dt.epoch("ms")).dt.strftime(
+            TIMESTAMP_FORMAT
+        ),
+        "hs_salesforceopportunityid": mirrored["Id"],
+        "hubspot_owner_id": draws.pick(OWNER_IDS, n),
+    }
+
+    # Every deal's id again, in creation order: HubSpot's own deals keep their order among themselves.
+    native = deals.frame
+    ids = climbing_ids(draws, FIRST_ID["deals"], pl.concat([native["created_at"].dt.epoch("ms"), lifecycle["created"]]))
+    native_ids, mirror_ids = ids.head(native.height), ids.tail(n)
+    frames["deals"] = pl.concat(
+        [
+            native.with_columns(id=native_ids, hs_object_id=native_ids.cast(pl.String)),
+            _assemble("deals", mirror_ids, lifecycle, properties),
+        ]
+    ).sort("id")
+
+    contact_companies = portal.associations["contacts", "companies"]
+    picks = _deal_contacts(draws, mirrored["hubspot_company_id"], contact_companies["to_id"])
+    added = {
+        "companies": pl.DataFrame({"from_id": mirror_ids, "to_id": mirrored["hubspot_company_id"]}),
+        "contacts": pl.DataFrame(
+            {
+                "from_id": mirror_ids.gather(picks["deal"]),
+                "to_id": contact_companies["from_id"].gather(picks["contact"]),
+            }
+        ),
+    }
+    associations = {}
+    for (from_type, to_type), pairs in portal.associations.items():
+        if from_type == "deals":
+            pairs = pairs.with_columns(pl.col("from_id").replace_strict(native["id"], native_ids))
+            if to_type in added:
+                new = _live_pairs(added[to_type], frames["deals"], frames[to_type])
+                pairs = pl.concat([pairs, new])
+        elif to_type == "deals":
+            pairs = pl.concat(
+                [
+                    pairs.with_columns(pl.col("to_id").replace_strict(native["id"], native_ids)),
+                    _live_pairs(added[from_type], frames["deals"], frames[from_type]).select(
+                        from_id="to_id", to_id="from_id"
+                    ),
+                ]
+            )
+        associations[from_type, to_type] = pairs.sort("from_id", "to_id")
+    tables = {**portal.tables, "deals": ObjectTable(frames["deals"], deals.schema)}
+    mirrors = pl.DataFrame(
+        {
+            "hubspot_deal_id": mirror_ids,
+            "opportunity_id": mirrored["Id"],
+            "account_id": mirrored["AccountId"],
+            "hubspot_company_id": mirrored["hubspot_company_id"],
+        }
+    ).sort("hubspot_deal_id")
+    return Portal(tables, associations, portal.window), mirrors
 
 
 def draw_lifecycle(draws: Draws, n: int, start_ms: int, end_ms: int) -> pl.DataFrame:
@@ -424,6 +545,7 @@ def _deal_properties(
         "amount": pl.select(pl.format("{}0.00", tens)).to_series(),
         "deal_currency_code": draws.pick(CURRENCIES, n, CURRENCY_WEIGHTS),
         "closedate": timestamps(closes).dt.strftime(TIMESTAMP_FORMAT),
+        "hs_salesforceopportunityid": pl.repeat(None, n, dtype=pl.String, eager=True),  # HubSpot's own deals
         "hubspot_owner_id": draws.pick(OWNER_IDS, n),
     }
 

@@ -60,4 +60,5 @@ class Deal(HubSpotRecord):
     amount: pl.Float64 = pa.Field(nullable=True, ge=0)
     deal_currency_code: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
     closedate: UTC_MS = pa.Field(nullable=True)
+    hs_salesforceopportunityid: pl.Utf8 = pa.Field(nullable=True, str_matches=r"^[a-zA-Z0-9]{18}$")
     hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)
