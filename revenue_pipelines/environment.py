@@ -9,7 +9,10 @@ different settings:
   Salesforce refresh tokens are kept under `REVENUE_PIPELINES_TOKEN_DIR` (default `./.tokens`).
   The BigQuery sources read the sandbox's emulator, which the sandbox's environment names
   (`BIGQUERY_EMULATOR_HOST`, `BIGQUERY_STORAGE_EMULATOR_HOST`, `GOOGLE_APPLICATION_CREDENTIALS`).
-- PROD talks to the real services and lands assets in BigQuery. A setting it cannot do without
+  Reference tables (the account mapping, currency rates) are the reviewed CSV files in
+  `defs/revenue/reference/`.
+- PROD talks to the real services, reads the reference tables from `BIGQUERY_REFERENCE_DATASET`
+  and lands assets in BigQuery. A setting it cannot do without
   fails definition load, with every missing variable named at once.
 
 Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so the UI never
@@ -26,6 +29,7 @@ import dagster as dg
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
+from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
@@ -54,6 +58,7 @@ class Environment:
     salesforce: SalesforceResource
     ga4: GA4Resource
     bigquery_source: BigQuerySource
+    reference: CsvReferenceTables | BigQueryReferenceTables
     io_manager: dg.ConfigurableIOManager
 
 
@@ -152,6 +157,14 @@ def _resources(settings: _Settings) -> Environment:
                     "BIGQUERY_SOURCE_BYTE_BUDGET", local=DEFAULT_SOURCE_BYTE_BUDGET, prod=DEFAULT_SOURCE_BYTE_BUDGET
                 )
             ),
+        ),
+        reference=(
+            BigQueryReferenceTables(
+                warehouse=warehouse,
+                dataset=settings.value("BIGQUERY_REFERENCE_DATASET", local=None, prod=REQUIRED) or "",
+            )
+            if settings.prod
+            else CsvReferenceTables()
         ),
         io_manager=(
             BigQueryWindowIOManager(

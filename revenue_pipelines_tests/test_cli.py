@@ -61,6 +61,15 @@ def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):
         cells = line.split()
         assert cells[1] == "7" and int(cells[2]) > 0 and cells[3] == "0"
         assert "rows_match_schema: passed" in line
+    expected_checks = {
+        "revenue/core/account_identity": ["one_account_per_record: passed"],
+        "revenue/marts/pipeline": ["stages_mapped: passed", "amounts_converted: passed"],
+        "revenue/marts/accounts": [],
+    }
+    for asset, checks in expected_checks.items():
+        line = next(line for line in completed.stdout.splitlines() if line.startswith(f"{asset} "))
+        assert line.split()[1] == "7" and int(line.split()[2]) > 0
+        assert all(check in line for check in checks), line
     assert "RunStatus.SUCCESS" in completed.stdout or "SUCCESS" in completed.stdout
 
 
@@ -70,6 +79,7 @@ def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emu
     (tmp_path / "home").mkdir()
     first = END.replace(day=END.day - 1)
     command = [_tool("dagster"), "job", "execute", "-m", "revenue_pipelines.definitions", "-j", "daily_revenue_job"]
+    command += ["-c", str(ROOT / "deploy" / "in_process.yaml")]
     completed = _run([*command, "--tags", json.dumps(day_range(first, END))], env)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
 
@@ -77,6 +87,10 @@ def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emu
     for table in ("contacts", "companies", "deals"):
         rows = client.query_and_wait(f"SELECT id FROM `{project}.raw.hubspot_{table}`")
         assert sorted(int(row["id"]) for row in rows) == expected_ids(sandbox, table, first, END)
-    assert {"raw", "quarantine"} <= {dataset.dataset_id for dataset in client.list_datasets()}
+    assert {"raw", "quarantine", "core", "marts"} <= {dataset.dataset_id for dataset in client.list_datasets()}
     tables = {table.table_id for table in client.list_tables(f"{project}.raw")}
     assert {"salesforce_opportunities", "ga4_traffic_by_channel", "hubspot_deals"} <= tables
+    core = {table.table_id for table in client.list_tables(f"{project}.core")}
+    assert {"hubspot_deals", "salesforce_accounts", "bigquery_billing_invoices", "revenue_account_identity"} <= core
+    marts = {table.table_id for table in client.list_tables(f"{project}.marts")}
+    assert {"revenue_pipeline", "revenue_accounts"} <= marts

@@ -27,6 +27,7 @@ import grpc
 import polars as pl
 import pyarrow as pa
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as google_auth_exceptions
 from google.cloud import bigquery, bigquery_storage
 from google.cloud.bigquery_storage_v1.services.big_query_read.transports import BigQueryReadGrpcTransport
 from pydantic import Field, PrivateAttr
@@ -137,7 +138,16 @@ class BigQueryWarehouse(dg.ConfigurableResource):
                 if not (LABEL.fullmatch(key) and LABEL.fullmatch(value)):
                     raise ValueError(f"BigQuery label {key}={value} must be lowercase letters, digits, - and _.")
             options = {"api_endpoint": self.api_endpoint} if self.api_endpoint else None
-            self._client = bigquery.Client(project=self.project, location=self.location, client_options=options)
+            try:
+                self._client = bigquery.Client(project=self.project, location=self.location, client_options=options)
+            except google_auth_exceptions.DefaultCredentialsError as error:  # configuration: retrying cannot help
+                raise dg.Failure(
+                    description=(
+                        f"No Google credentials for BigQuery project {self.project}: set "
+                        "GOOGLE_APPLICATION_CREDENTIALS, or run where Application Default Credentials exist."
+                    ),
+                    allow_retries=False,
+                ) from error
         return self._client
 
     def read_client(self) -> bigquery_storage.BigQueryReadClient | None:

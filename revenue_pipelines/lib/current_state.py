@@ -8,6 +8,7 @@ rescans history. Folding every change from the first partition on is the full re
 the same state.
 """
 
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import dagster as dg
@@ -88,9 +89,7 @@ def current_state_asset(
         description=description,
         ins={
             "changes": dg.AssetIn(raw),
-            "previous": dg.AssetIn(
-                state_key, partition_mapping=PREVIOUS_DAY, metadata={"allow_missing_partitions": True}
-            ),
+            "previous": previous_day_input(state_key),
         },
         partitions_def=DAILY_INGESTION,
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -102,23 +101,9 @@ def current_state_asset(
     def _current_state(
         context: dg.AssetExecutionContext, changes: pl.DataFrame, previous: pl.DataFrame | None
     ) -> dg.MaterializeResult:
-        start, end = context.partition_time_window
-        days = [start.date() + timedelta(days=offset) for offset in range((end - start).days)]
-        day_before = days[0] - timedelta(days=1)
-        history_since = _history_since(context, state_key, day_before)
-        if history_since is None:  # the chain starts here
-            previous = None
-            history_since = days[0]
-            if days[0] > DAILY_INGESTION.start.date():
-                context.log.warning(
-                    f"{state_key.to_user_string()}: there is no state for {day_before} (never materialized), so "
-                    f"this state holds only records changed since {days[0]}. Backfill from the first missing day "
-                    "for the whole state."
-                )
-        elif previous is not None:  # in a backfill the mapped window also holds the days this run replaces
-            previous = previous.filter(pl.col(PARTITION_COLUMN) == day_before)
-
-        snapshots = apply_changes(previous, changes, days, removed, key)
+        window = StateWindow.of(context, state_key, previous)
+        days = window.days
+        snapshots = apply_changes(window.previous, changes, days, removed, key)
         latest = snapshots.filter(pl.col(PARTITION_COLUMN) == days[-1])
         return dg.MaterializeResult(
             value=snapshots,
@@ -127,7 +112,7 @@ def current_state_asset(
                 "as_of": days[-1].isoformat(),
                 "changes_applied": changes.height,
                 "removals_applied": changes.filter(removed).height,
-                HISTORY_SINCE: history_since.isoformat(),
+                HISTORY_SINCE: window.history_since.isoformat(),
                 "preview": dg.MetadataValue.md(markdown_table(latest)),
             },
         )
@@ -135,14 +120,56 @@ def current_state_asset(
     return _current_state
 
 
-def _history_since(context: dg.AssetExecutionContext, state_key: dg.AssetKey, day_before: date) -> date | None:
-    """The first day the state of `day_before` has seen changes of, or None when there is no such state."""
-    if day_before < DAILY_INGESTION.start.date():
+def previous_day_input(state_key: dg.AssetKey) -> dg.AssetIn:
+    """The input through which a state reads its own day before (which may not exist)."""
+    return dg.AssetIn(state_key, partition_mapping=PREVIOUS_DAY, metadata={"allow_missing_partitions": True})
+
+
+@dataclass(frozen=True)
+class StateWindow:
+    """The days a run of a self-dependent state covers, and the state it starts from."""
+
+    days: list[date]
+    previous: pl.DataFrame | None
+    """The state at the end of the day before `days`; None when the chain starts here."""
+    history_since: date
+    """The first day whose changes the state has seen."""
+
+    @classmethod
+    def of(
+        cls, context: dg.AssetExecutionContext, state_key: dg.AssetKey, previous: pl.DataFrame | None
+    ) -> "StateWindow":
+        """The run's window, with `previous` (as loaded through `previous_day_input`) cut to the day before.
+
+        Over a range [a, b] that input holds [a-1, b-1]: old snapshots of the days this run replaces
+        too. Whether the day before was built at all comes from the instance, as an empty state and a
+        missing one load alike.
+        """
+        start, end = context.partition_time_window
+        days = [start.date() + timedelta(days=offset) for offset in range((end - start).days)]
+        day_before = days[0] - timedelta(days=1)
+        since = history_since(context.instance, state_key, day_before)
+        if since is None:
+            if days[0] > DAILY_INGESTION.start.date():
+                context.log.warning(
+                    f"{state_key.to_user_string()}: there is no state for {day_before} (never materialized), so "
+                    f"this state holds only what changed since {days[0]}. Backfill from the first missing day "
+                    "for the whole state."
+                )
+            return cls(days, None, days[0])
+        if previous is not None:
+            previous = previous.filter(pl.col(PARTITION_COLUMN) == day_before)
+        return cls(days, previous, since)
+
+
+def history_since(instance: dg.DagsterInstance, state_key: dg.AssetKey, day: date) -> date | None:
+    """The first day the state of `day` has seen changes of, or None when there is no such state."""
+    if day < DAILY_INGESTION.start.date():
         return None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=state_key, asset_partitions=[day_before.isoformat()]), limit=1
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=state_key, asset_partitions=[day.isoformat()]), limit=1
     ).records
     if not records:
         return None
     recorded = records[0].asset_materialization.metadata.get(HISTORY_SINCE)  # type: ignore[union-attr]
-    return date.fromisoformat(recorded.value) if recorded else day_before
+    return date.fromisoformat(recorded.value) if recorded else day

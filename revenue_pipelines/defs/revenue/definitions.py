@@ -1,17 +1,22 @@
-"""The cross-source job and its schedule: every source's raw tables, one partition per day."""
+"""The unified revenue model (account identity, marts), and the cross-source job and its schedule."""
 
 import dagster as dg
 
+from revenue_pipelines.defs.revenue.identity import account_identity
+from revenue_pipelines.defs.revenue.marts import accounts, pipeline
+from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
-SOURCES = ["hubspot", "salesforce", "ga4", "bigquery"]
+# Every source, and the unified model built on them.
+GROUPS = ["hubspot", "salesforce", "ga4", "bigquery", "revenue"]
 
 daily_revenue_job = dg.define_asset_job(
     "daily_revenue_job",
-    selection=dg.AssetSelection.key_prefixes(*([source] for source in SOURCES)),
+    selection=dg.AssetSelection.key_prefixes(*([group] for group in GROUPS)),
     partitions_def=DAILY_INGESTION,
     description=(
-        "Ingests, checks and stores one day of every source; as a single-run backfill, a whole range of days."
+        "Ingests, checks and stores one day of every source, brings the current state up to that day and "
+        "builds the unified revenue model on it; as a single-run backfill, a whole range of days."
     ),
 )
 
@@ -21,4 +26,9 @@ daily_revenue_schedule = dg.build_schedule_from_partitioned_job(
     description="Every day at 01:00 UTC, the previous day's partition.",
 )
 
-defs = dg.Definitions(jobs=[daily_revenue_job], schedules=[daily_revenue_schedule])
+defs = dg.Definitions(
+    assets=[account_identity, pipeline, accounts],
+    jobs=[daily_revenue_job],
+    schedules=[daily_revenue_schedule],
+    resources={"reference": get_environment().reference},
+)

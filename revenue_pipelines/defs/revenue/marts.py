@@ -1,0 +1,559 @@
+"""The revenue marts: what a revenue team reads, built from the current states and the account identity.
+
+Each is partitioned by day like its inputs: partition D is the picture as of the end of D.
+"""
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from revenue_pipelines.defs.revenue.identity import (
+    BILLING_INVOICES,
+    HUBSPOT_COMPANIES,
+    IDENTITY_KEY,
+    SALESFORCE_ACCOUNTS,
+)
+from revenue_pipelines.defs.revenue.resources import CsvReferenceTables
+from revenue_pipelines.lib.account_matching import SYSTEMS
+from revenue_pipelines.lib.current_state import history_since
+from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
+from revenue_pipelines.lib.raw_assets import OWNERS
+
+PIPELINE_KEY = dg.AssetKey(["revenue", "marts", "pipeline"])
+ACCOUNTS_KEY = dg.AssetKey(["revenue", "marts", "accounts"])
+HUBSPOT_DEALS = dg.AssetKey(["hubspot", "core", "deals"])
+SALESFORCE_OPPORTUNITIES = dg.AssetKey(["salesforce", "core", "opportunities"])
+SALESFORCE_USERS = dg.AssetKey(["salesforce", "core", "users"])
+ARR_WINDOW_DAYS = 365
+STAGES_MAPPED = "stages_mapped"
+AMOUNTS_CONVERTED = "amounts_converted"
+WON_REVENUE_BILLED = "won_revenue_matches_billing"
+ANY_PIPELINE = "*"
+REPORTING_CURRENCY = "USD"
+RATES_SCHEMA = {"valid_from": pl.Date, "currency": pl.Utf8, "usd_per_unit": pl.Float64}
+STAGE_MAPPING_FILE = Path(__file__).with_name("stage_mapping.csv")
+STAGE_SCHEMA = {
+    "system": pl.Utf8,
+    "pipeline": pl.Utf8,
+    "stage": pl.Utf8,
+    "unified_stage": pl.Utf8,
+    "stage_order": pl.Int64,
+    "is_closed": pl.Boolean,
+    "is_won": pl.Boolean,
+}
+
+
+def load_stage_mapping(path: Path = STAGE_MAPPING_FILE) -> pl.DataFrame:
+    """The reviewed stage mapping; a file that is not one fails definition load, naming the problem."""
+    mapping = pl.read_csv(path, comment_prefix="#", schema=STAGE_SCHEMA)
+    incomplete = mapping.filter(pl.any_horizontal(pl.all().is_null()))
+    doubled = mapping.filter(pl.len().over("system", "pipeline", "stage") > 1)
+    if incomplete.height or doubled.height:
+        raise ValueError(
+            f"{path.name}: {incomplete.height} rows with an empty field, {doubled.height} rows mapping a stage twice"
+        )
+    return mapping
+
+
+STAGE_MAPPING = load_stage_mapping()
+
+
+def pipeline_frame(
+    hubspot_deals: pl.LazyFrame,
+    salesforce_opportunities: pl.LazyFrame,
+    identity: pl.LazyFrame,
+    stages: pl.DataFrame,
+    rates: pl.DataFrame,
+) -> pl.LazyFrame:
+    """HubSpot deals and Salesforce opportunities as one model, per day of the inputs.
+
+    A HubSpot deal synced from a Salesforce opportunity (`hs_salesforceopportunityid`) is that
+    opportunity, counted once, as Salesforce has it. Amounts are converted at the rate of the close
+    date for closed deals, of the day for open ones.
+    """
+    salesforce = salesforce_opportunities.select(
+        PARTITION_COLUMN,
+        system=pl.lit("salesforce"),
+        deal_id=pl.col("id"),
+        name=pl.col("Name"),
+        pipeline=pl.lit(ANY_PIPELINE),
+        stage=pl.col("StageName"),
+        amount=pl.col("Amount"),
+        currency=pl.col("CurrencyIsoCode"),
+        created_at=pl.col("CreatedDate"),
+        close_date=pl.col("CloseDate"),
+        owner_id=pl.col("OwnerId"),
+        lead_source=pl.col("LeadSource"),
+        account_record=pl.col("AccountId"),
+        synced_from=pl.lit(None, pl.Utf8),
+        changed_at=pl.col("changed_at"),
+    )
+    hubspot = hubspot_deals.select(
+        PARTITION_COLUMN,
+        system=pl.lit("hubspot"),
+        deal_id=pl.col("id").cast(pl.Utf8),
+        name=pl.col("dealname"),
+        pipeline=pl.col("pipeline"),
+        stage=pl.col("dealstage"),
+        amount=pl.col("amount"),
+        currency=pl.col("deal_currency_code"),
+        created_at=pl.col("createdate"),
+        close_date=pl.col("closedate").dt.date(),
+        owner_id=pl.col("hubspot_owner_id").cast(pl.Utf8),
+        lead_source=pl.lit(None, pl.Utf8),
+        account_record=pl.col("company_ids").list.min().cast(pl.Utf8),
+        synced_from=pl.col("hs_salesforceopportunityid"),
+        changed_at=pl.col("changed_at"),
+    )
+    # The copy of a live opportunity goes; its id stays on the opportunity.
+    copies = hubspot.filter(pl.col("synced_from").is_not_null()).join(
+        salesforce.select(PARTITION_COLUMN, pl.col("deal_id").alias("synced_from")),
+        on=[PARTITION_COLUMN, "synced_from"],
+        how="semi",
+    )
+    salesforce = salesforce.join(
+        copies.select(
+            PARTITION_COLUMN, pl.col("synced_from").alias("deal_id"), pl.col("deal_id").alias("hubspot_deal_id")
+        ),
+        on=[PARTITION_COLUMN, "deal_id"],
+        how="left",
+    )
+    hubspot = hubspot.join(copies.select(PARTITION_COLUMN, "deal_id"), on=[PARTITION_COLUMN, "deal_id"], how="anti")
+    deals = pl.concat([salesforce, hubspot.with_columns(hubspot_deal_id=pl.lit(None, pl.Utf8))], how="diagonal_relaxed")
+
+    accounts = identity.select(
+        PARTITION_COLUMN, pl.col("system"), pl.col("record_id").alias("account_record"), "account_id"
+    )
+    exact = stages.lazy().filter(pl.col("pipeline") != ANY_PIPELINE)
+    fallback = stages.lazy().filter(pl.col("pipeline") == ANY_PIPELINE).drop("pipeline")
+    stage_columns = ["unified_stage", "stage_order", "is_closed", "is_won"]
+    deals = (
+        deals.join(accounts, on=[PARTITION_COLUMN, "system", "account_record"], how="left")
+        .join(exact, on=["system", "pipeline", "stage"], how="left")
+        .join(fallback, on=["system", "stage"], how="left", suffix="_any")
+        .with_columns(pl.coalesce(name, f"{name}_any").alias(name) for name in stage_columns)
+        .drop(f"{name}_any" for name in stage_columns)
+        .with_columns(
+            converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
+        )
+        .sort("converted_on")
+    )
+    converted = deals.join_asof(
+        rates.lazy().sort("valid_from"),
+        left_on="converted_on",
+        right_on="valid_from",
+        by="currency",
+        check_sortedness=False,  # sorted above; with `by` Polars cannot verify it
+    ).with_columns(amount_usd=(pl.col("amount") * pl.col("usd_per_unit")).round(2))
+    return converted.select(
+        PARTITION_COLUMN,
+        pl.concat_str("system", pl.lit(":"), "deal_id").alias("deal_key"),
+        "system",
+        "deal_id",
+        "hubspot_deal_id",
+        "account_id",
+        "name",
+        "pipeline",
+        "stage",
+        *stage_columns,
+        "amount",
+        "currency",
+        "amount_usd",
+        "converted_on",
+        "created_at",
+        "close_date",
+        "owner_id",
+        "lead_source",
+        "changed_at",
+    ).sort(PARTITION_COLUMN, "deal_key")
+
+
+class PipelineConfig(dg.Config):
+    billing_tolerance: float = Field(
+        default=0.01,
+        description="How far billed revenue may be from won revenue, as a share of it, before the check fails.",
+    )
+
+
+# The states whose history bounds the reconciliation: a deal closed before any of them began may be missing.
+RECONCILED_STATES = (HUBSPOT_DEALS, SALESFORCE_OPPORTUNITIES, BILLING_INVOICES)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Won revenue against billing, per won deal closed on or after `since`."""
+
+    deals: pl.DataFrame
+    """Per won deal: won and billed amounts (USD, at the deal's rate) and how it stands."""
+    since: date
+
+    @property
+    def won_usd(self) -> float:
+        return round(self.deals["amount_usd"].sum(), 2)
+
+    @property
+    def billed_usd(self) -> float:
+        return round(self.deals["billed_usd"].sum(), 2)
+
+    def within(self, tolerance: float) -> bool:
+        return abs(self.won_usd - self.billed_usd) <= tolerance * self.won_usd
+
+
+def reconcile_won_revenue(deals: pl.DataFrame, invoices: pl.DataFrame, since: date) -> Reconciliation:
+    """Compare each won deal closed since `since` with the invoices billing issued for it.
+
+    An invoice names its deal by either CRM's id (a synced deal's HubSpot copy included). A deal's
+    billed amount is the subtotal of its invoices that were not voided; if all were voided, of the
+    last one, so a voided-and-not-reissued invoice shows as `voided`, not as a missing one.
+    """
+    won = deals.filter(pl.col("is_won").fill_null(False) & (pl.col("close_date") >= since))
+    aliases = pl.concat(
+        [
+            won.select("deal_key", alias=pl.col("deal_id")),
+            won.filter(pl.col("hubspot_deal_id").is_not_null()).select("deal_key", alias=pl.col("hubspot_deal_id")),
+        ]
+    )
+    void = pl.col("status") == "void"
+    billed = (
+        invoices.join(aliases, left_on="crm_deal_id", right_on="alias")
+        .group_by("deal_key")
+        .agg(
+            billed_cents=pl.when(void.all())
+            .then(pl.col("subtotal_cents").sort_by("issued_at").last())
+            .otherwise(pl.col("subtotal_cents").filter(~void).sum()),
+            voided=void.all(),
+            invoices=pl.len(),
+        )
+    )
+    rate = pl.col("amount_usd") / pl.col("amount")
+    per_deal = won.join(billed, on="deal_key", how="left").select(
+        "deal_key",
+        "close_date",
+        "amount",
+        "currency",
+        "amount_usd",
+        billed_usd=(pl.col("billed_cents").fill_null(0) / 100 * rate).round(2),
+        status=pl.when(pl.col("invoices").is_null())
+        .then(pl.lit("not billed"))
+        .when(pl.col("voided"))
+        .then(pl.lit("voided"))
+        .when((pl.col("billed_cents") - (pl.col("amount") * 100).round()).abs() > 0)
+        .then(pl.lit("amount differs"))
+        .otherwise(pl.lit("billed")),
+    )
+    return Reconciliation(per_deal.sort("close_date", "deal_key"), since)
+
+
+_COMMON = {
+    "group_name": "revenue",
+    "kinds": {"polars"},
+    "owners": OWNERS,
+    "partitions_def": DAILY_INGESTION,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "metadata": {"partition_expr": PARTITION_COLUMN},
+}
+
+
+@dg.asset(
+    key=PIPELINE_KEY,
+    description=(
+        "Every deal as of the end of each day, HubSpot deals and Salesforce opportunities in one model: the "
+        "stage mapped onto one funnel (stage_mapping.csv), the amount in USD from the currency rates, the account "
+        "from the account identity. A HubSpot deal synced from a Salesforce opportunity is counted once, as the "
+        "opportunity."
+    ),
+    ins={
+        "hubspot_deals": dg.AssetIn(HUBSPOT_DEALS),
+        "salesforce_opportunities": dg.AssetIn(SALESFORCE_OPPORTUNITIES),
+        "identity": dg.AssetIn(IDENTITY_KEY),
+        "billing_invoices": dg.AssetIn(BILLING_INVOICES),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(
+            STAGES_MAPPED,
+            asset=PIPELINE_KEY,
+            blocking=True,
+            description="Every deal's stage is in stage_mapping.csv; fails naming unmapped stages and their counts.",
+        ),
+        dg.AssetCheckSpec(
+            AMOUNTS_CONVERTED,
+            asset=PIPELINE_KEY,
+            blocking=True,
+            description="Every amount has a USD rate for its currency and date; fails naming currencies and counts.",
+        ),
+        dg.AssetCheckSpec(
+            WON_REVENUE_BILLED,
+            asset=PIPELINE_KEY,
+            description=(
+                "Won revenue equals what billing invoiced for the won deals, within `billing_tolerance`, over the "
+                "deals closed since both the CRM and billing states have history."
+            ),
+        ),
+    ],
+    required_resource_keys={"reference"},
+    **_COMMON,
+)
+def pipeline(
+    context: dg.AssetExecutionContext,
+    config: PipelineConfig,
+    hubspot_deals: pl.DataFrame,
+    salesforce_opportunities: pl.DataFrame,
+    identity: pl.DataFrame,
+    billing_invoices: pl.DataFrame,
+):
+    reference: CsvReferenceTables = context.resources.reference
+    rates = reference.read("currency_rates", RATES_SCHEMA)
+    deals = pipeline_frame(
+        hubspot_deals.lazy(), salesforce_opportunities.lazy(), identity.lazy(), STAGE_MAPPING, rates
+    ).collect(engine="streaming")
+    latest = deals.filter(pl.col(PARTITION_COLUMN) == deals[PARTITION_COLUMN].max())
+    open_deals = latest.filter(~pl.col("is_closed").fill_null(False))
+    yield dg.MaterializeResult(
+        value=deals,
+        metadata={
+            "deals": latest.height,
+            "open_pipeline_usd": round(open_deals["amount_usd"].sum(), 2),
+            "synced_deals_counted_once": latest["hubspot_deal_id"].drop_nulls().len(),
+            "preview": dg.MetadataValue.md(markdown_table(latest)),
+        },
+    )
+    yield _unmatched_check(
+        STAGES_MAPPED, deals.filter(pl.col("unified_stage").is_null()), ["system", "pipeline", "stage"], "stage"
+    )
+    yield _unmatched_check(
+        AMOUNTS_CONVERTED,
+        deals.filter(pl.col("amount").is_not_null() & pl.col("amount_usd").is_null()),
+        ["currency"],
+        "currency",
+    )
+    last_day = context.partition_time_window.end.date() - timedelta(days=1)
+    starts = [history_since(context.instance, key, last_day) for key in RECONCILED_STATES]
+    since = max((start for start in starts if start), default=DAILY_INGESTION.start.date())
+    on_last_day = pl.col(PARTITION_COLUMN) == last_day
+    reconciliation = reconcile_won_revenue(deals.filter(on_last_day), billing_invoices.filter(on_last_day), since)
+    yield _reconciliation_check(reconciliation, config.billing_tolerance)
+
+
+def _reconciliation_check(reconciliation: Reconciliation, tolerance: float) -> dg.AssetCheckResult:
+    by_status = reconciliation.deals.group_by("status").agg(
+        deals=pl.len(), won_usd=pl.col("amount_usd").sum().round(2), billed_usd=pl.col("billed_usd").sum().round(2)
+    )
+    counts = ", ".join(f"{row['deals']} {row['status']}" for row in by_status.sort("status").to_dicts())
+    won, billed = reconciliation.won_usd, reconciliation.billed_usd
+    difference = won - billed
+    return dg.AssetCheckResult(
+        asset_key=PIPELINE_KEY,
+        check_name=WON_REVENUE_BILLED,
+        passed=reconciliation.within(tolerance),
+        description=(
+            f"{PIPELINE_KEY.to_user_string()}: won revenue {won:,.2f} USD, billed {billed:,.2f} USD "
+            f"(difference {difference:,.2f}, tolerance {tolerance:.1%}) over {reconciliation.deals.height} deals "
+            f"won since {reconciliation.since}: {counts or 'none'}."
+        ),
+        metadata={
+            "won_usd": won,
+            "billed_usd": billed,
+            "difference_usd": round(difference, 2),
+            "tolerance": tolerance,
+            "since": reconciliation.since.isoformat(),
+            "by_status": dg.MetadataValue.md(markdown_table(by_status)),
+            "differences": dg.MetadataValue.md(
+                markdown_table(reconciliation.deals.filter(pl.col("status") != "billed"), limit=20)
+            ),
+        },
+    )
+
+
+def _unmatched_check(name: str, failures: pl.DataFrame, by: list[str], field: str) -> dg.AssetCheckResult:
+    """A check that fails on `failures`, naming the asset, the field and the count per value."""
+    counts = failures.group_by(by).agg(deals=pl.len(), days=pl.col(PARTITION_COLUMN).n_unique()).sort(by)
+    description = (
+        f"{PIPELINE_KEY.to_user_string()}: {field}: {failures.height} deal-days without a match ("
+        + "; ".join(f"{'/'.join(str(row[c]) for c in by)}: {row['deals']}" for row in counts.head(10).to_dicts())
+        + ")"
+        if failures.height
+        else f"Every {field} matched."
+    )
+    return dg.AssetCheckResult(
+        asset_key=PIPELINE_KEY,
+        check_name=name,
+        passed=failures.height == 0,
+        description=description,
+        metadata={"failed_rows": failures.height, "by_value": dg.MetadataValue.md(markdown_table(counts))},
+    )
+
+
+def _records_of(identity: pl.LazyFrame, system: str, records: pl.LazyFrame, id_column: pl.Expr) -> pl.LazyFrame:
+    """`records` of `system` with the account each belongs to, per day."""
+    return (
+        identity.filter(pl.col("system") == system)
+        .select(PARTITION_COLUMN, "account_id", "record_id")
+        .join(records.with_columns(id_column.alias("record_id")), on=[PARTITION_COLUMN, "record_id"])
+    )
+
+
+def accounts_frame(
+    identity: pl.LazyFrame,
+    salesforce_accounts: pl.LazyFrame,
+    salesforce_users: pl.LazyFrame,
+    hubspot_companies: pl.LazyFrame,
+    billing_invoices: pl.LazyFrame,
+    deals: pl.LazyFrame,
+    rates: pl.DataFrame,
+) -> pl.LazyFrame:
+    """One row per account and day: who it is (Salesforce first, then HubSpot, then billing), its owner,
+    industry and lifecycle stage, ARR from billing, open pipeline and won revenue, and its last activity.
+
+    ARR is the subtotal of the invoices issued in the 365 days up to the day, void ones excepted, in USD
+    at the rate of each invoice's issue date.
+    """
+    keys = [PARTITION_COLUMN, "account_id"]
+    users = salesforce_users.select(PARTITION_COLUMN, pl.col("id").alias("OwnerId"), pl.col("Name").alias("owner"))
+    salesforce = (
+        _records_of(identity, "salesforce", salesforce_accounts, pl.col("id"))
+        .join(users, on=[PARTITION_COLUMN, "OwnerId"], how="left")
+        .group_by(keys)
+        .agg(
+            salesforce_name=pl.col("Name").first(),
+            salesforce_owner=pl.col("owner").first(),
+            salesforce_industry=pl.col("Industry").first(),
+            salesforce_changed_at=pl.col("changed_at").max(),
+        )
+    )
+    hubspot = (
+        _records_of(identity, "hubspot", hubspot_companies, pl.col("id").cast(pl.Utf8))
+        .group_by(keys)
+        .agg(
+            hubspot_name=pl.col("name").first(),
+            hubspot_owner=pl.col("hubspot_owner_id").first().cast(pl.Utf8),
+            hubspot_industry=pl.col("industry").first(),
+            lifecycle_stage=pl.col("lifecyclestage").first(),
+            hubspot_changed_at=pl.col("changed_at").max(),
+        )
+    )
+    day_start = pl.col(PARTITION_COLUMN).cast(pl.Datetime("us", "UTC"))
+    invoices = (
+        _records_of(identity, "billing", billing_invoices, pl.col("billing_account_id"))
+        .with_columns(issued_on=pl.col("issued_at").dt.date())
+        .sort("issued_on")
+        .join_asof(
+            rates.lazy().sort("valid_from"),
+            left_on="issued_on",
+            right_on="valid_from",
+            by="currency",
+            check_sortedness=False,  # sorted above; with `by` Polars cannot verify it
+        )
+        .with_columns(
+            in_arr_window=(pl.col("status") != "void")
+            & (pl.col("issued_at") < day_start + pl.duration(days=1))
+            & (pl.col("issued_at") >= day_start - pl.duration(days=ARR_WINDOW_DAYS - 1))
+        )
+        .group_by(keys)
+        .agg(
+            billing_name=pl.col("billing_account_name").first(),
+            arr_usd=(pl.col("subtotal_cents") / 100 * pl.col("usd_per_unit")).filter(pl.col("in_arr_window")).sum(),
+            billing_changed_at=pl.col("changed_at").max().cast(pl.Datetime("ms", "UTC")),
+        )
+    )
+    pipeline_totals = (
+        deals.filter(pl.col("account_id").is_not_null())
+        .group_by(keys)
+        .agg(
+            open_pipeline_usd=pl.col("amount_usd").filter(~pl.col("is_closed").fill_null(False)).sum(),
+            won_revenue_usd=pl.col("amount_usd").filter(pl.col("is_won").fill_null(False)).sum(),
+            open_deals=(~pl.col("is_closed").fill_null(False)).sum().cast(pl.Int64),
+            deals_changed_at=pl.col("changed_at").max(),
+        )
+    )
+    members = identity.group_by(keys).agg(
+        *((pl.col("system") == system).sum().cast(pl.Int64).alias(f"{system}_records") for system in SYSTEMS),
+        low_confidence=(pl.col("confidence") == "low").any(),
+    )
+    joined = members
+    for part in (salesforce, hubspot, invoices, pipeline_totals):
+        joined = joined.join(part, on=keys, how="left")
+    money = ["arr_usd", "open_pipeline_usd", "won_revenue_usd"]
+    return (
+        joined.with_columns(pl.col(*money).fill_null(0.0).round(2), pl.col("open_deals").fill_null(0))
+        .select(
+            PARTITION_COLUMN,
+            "account_id",
+            name=pl.coalesce("salesforce_name", "hubspot_name", "billing_name"),
+            owner=pl.coalesce("salesforce_owner", "hubspot_owner"),
+            industry=pl.coalesce("salesforce_industry", "hubspot_industry"),
+            lifecycle_stage=pl.coalesce(
+                "lifecycle_stage",
+                pl.when(pl.col("won_revenue_usd") > 0)
+                .then(pl.lit("customer"))
+                .when(pl.col("open_deals") > 0)
+                .then(pl.lit("opportunity")),
+            ),
+            arr_usd="arr_usd",
+            open_pipeline_usd="open_pipeline_usd",
+            won_revenue_usd="won_revenue_usd",
+            open_deals="open_deals",
+            last_activity_at=pl.max_horizontal(
+                "salesforce_changed_at", "hubspot_changed_at", "billing_changed_at", "deals_changed_at"
+            ),
+            salesforce_records="salesforce_records",
+            hubspot_records="hubspot_records",
+            billing_records="billing_records",
+            low_confidence_match="low_confidence",
+        )
+        .sort(PARTITION_COLUMN, "account_id")
+    )
+
+
+@dg.asset(
+    key=ACCOUNTS_KEY,
+    description=(
+        "One row per account (see revenue/core/account_identity) as of the end of each day: name, owner, industry "
+        "and lifecycle stage (Salesforce first, then HubSpot), ARR from billing (invoices of the last 365 days, "
+        "void ones excepted, in USD), open pipeline and won revenue in USD, and the last activity on any of its "
+        "records or deals."
+    ),
+    ins={
+        "identity": dg.AssetIn(IDENTITY_KEY),
+        "salesforce_accounts": dg.AssetIn(SALESFORCE_ACCOUNTS),
+        "salesforce_users": dg.AssetIn(SALESFORCE_USERS),
+        "hubspot_companies": dg.AssetIn(HUBSPOT_COMPANIES),
+        "billing_invoices": dg.AssetIn(BILLING_INVOICES),
+        "deals": dg.AssetIn(PIPELINE_KEY),
+    },
+    required_resource_keys={"reference"},
+    **_COMMON,
+)
+def accounts(
+    context: dg.AssetExecutionContext,
+    identity: pl.DataFrame,
+    salesforce_accounts: pl.DataFrame,
+    salesforce_users: pl.DataFrame,
+    hubspot_companies: pl.DataFrame,
+    billing_invoices: pl.DataFrame,
+    deals: pl.DataFrame,
+) -> dg.MaterializeResult:
+    reference: CsvReferenceTables = context.resources.reference
+    frame = accounts_frame(
+        identity.lazy(),
+        salesforce_accounts.lazy(),
+        salesforce_users.lazy(),
+        hubspot_companies.lazy(),
+        billing_invoices.lazy(),
+        deals.lazy(),
+        reference.read("currency_rates", RATES_SCHEMA),
+    ).collect(engine="streaming")
+    latest = frame.filter(pl.col(PARTITION_COLUMN) == frame[PARTITION_COLUMN].max())
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "accounts": latest.height,
+            "arr_usd": round(latest["arr_usd"].sum(), 2),
+            "open_pipeline_usd": round(latest["open_pipeline_usd"].sum(), 2),
+            "preview": dg.MetadataValue.md(markdown_table(latest.sort("arr_usd", descending=True))),
+        },
+    )
