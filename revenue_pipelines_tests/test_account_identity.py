@@ -8,7 +8,7 @@ import pytest
 
 from revenue_pipelines.defs.bigquery.assets import billing_invoices, billing_invoices_state
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
-from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_states
+from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_deals, hubspot_states
 from revenue_pipelines.defs.revenue.identity import (
     CONFLICTS_KEY,
     IDENTITY_KEY,
@@ -19,8 +19,15 @@ from revenue_pipelines.defs.revenue.identity import (
     checked_mapping,
     one_account_per_record,
 )
+from revenue_pipelines.defs.revenue.marts import (
+    AMOUNTS_CONVERTED,
+    PIPELINE_KEY,
+    STAGES_MAPPED,
+    WON_REVENUE_BILLED,
+    pipeline,
+)
 from revenue_pipelines.defs.revenue.resources import CsvReferenceTables
-from revenue_pipelines.defs.salesforce.assets import salesforce_accounts, salesforce_states
+from revenue_pipelines.defs.salesforce.assets import salesforce_accounts, salesforce_opportunities, salesforce_states
 from revenue_pipelines.lib.account_matching import MAPPING_SCHEMA, account_id_for, match_accounts
 from revenue_pipelines.lib.identity import salesforce_id_18
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
@@ -229,7 +236,8 @@ def test_two_existing_accounts_are_never_merged_by_a_rule_later():
 
 
 def test_the_sandbox_shared_accounts_are_matched_and_every_record_has_one_account(emulator_env, tmp_path):
-    """The sandbox knows which Salesforce accounts, HubSpot companies and billing accounts are one customer."""
+    """The sandbox knows which Salesforce accounts, HubSpot companies and billing accounts are one customer,
+    and which deals are in both CRMs; won revenue must then reconcile with billing."""
     sandbox = emulator_env
     first = END - timedelta(days=9)
     resources = {
@@ -243,19 +251,36 @@ def test_the_sandbox_shared_accounts_are_matched_and_every_record_has_one_accoun
         "reference": CsvReferenceTables(),
     }
     billing_assets = [billing_invoices, billing_invoices_state]
-    crm_assets = [hubspot_companies, hubspot_states[1], salesforce_accounts, salesforce_states[0]]
+    crm_assets = [
+        hubspot_companies,
+        hubspot_deals,
+        hubspot_states[1],
+        hubspot_states[2],
+        salesforce_accounts,
+        salesforce_opportunities,
+        salesforce_states[0],
+        salesforce_states[1],
+    ]
     with dg.DagsterInstance.ephemeral() as instance:
         # Billing's whole history (most invoices changed long before the CRM window), then the CRM window.
         runs = [
-            (billing_assets, DAILY_INGESTION.start.date()),
-            (crm_assets, first),
-            ([*billing_assets, *crm_assets, account_identity], first),
+            (billing_assets, DAILY_INGESTION.start.date(), None),
+            (crm_assets, first, None),
+            (
+                [*billing_assets, *crm_assets, account_identity, pipeline],
+                first,
+                [IDENTITY_KEY, CONFLICTS_KEY, PIPELINE_KEY],
+            ),
         ]
-        for index, (assets, start) in enumerate(runs):
-            selection = [IDENTITY_KEY, CONFLICTS_KEY] if index == 2 else None
+        for assets, start, selection in runs:
             result = materialize_range(assets, resources, tmp_path, start, END, instance=instance, selection=selection)
             assert result.success
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    assert checks[STAGES_MAPPED].passed and checks[AMOUNTS_CONVERTED].passed
+    reconciliation = checks[WON_REVENUE_BILLED]
+    assert reconciliation.passed, reconciliation.description
+    assert reconciliation.metadata["since"].value == first.isoformat()  # the CRM states began there
+    assert reconciliation.metadata["won_usd"].value > 0
     assert checks[ONE_ACCOUNT_PER_RECORD].passed
     unmatched = checks[SALESFORCE_ACCOUNTS_MATCHED]
     assert unmatched.severity == dg.AssetCheckSeverity.WARN
@@ -291,3 +316,22 @@ def test_the_sandbox_shared_accounts_are_matched_and_every_record_has_one_accoun
             linked += 1
             assert account["billing", row["billing_account_id"]] == account[row["crm_source"], crm_id]
     assert linked > 5
+
+    # Each live deal once: an opportunity and its live HubSpot copy are one row, the opportunity's.
+    deals = read_layer(tmp_path, "revenue", "marts", "pipeline").filter(pl.col(PARTITION_COLUMN) == END)
+    assert deals["deal_key"].is_duplicated().sum() == 0
+    live_opportunities = set(sandbox.salesforce.truth("Opportunity").filter(~pl.col("IsDeleted"))["Id"])
+    live_deals = set(sandbox.hubspot.truth("deals").filter(~pl.col("archived"))["id"].cast(pl.Utf8))
+    mirrored = sandbox.truth_mirrored_deals().with_columns(pl.col("hubspot_deal_id").cast(pl.Utf8))
+    copies = {
+        row["hubspot_deal_id"]: row["opportunity_id"]
+        for row in mirrored.to_dicts()
+        if row["hubspot_deal_id"] in live_deals and row["opportunity_id"] in live_opportunities
+    }
+    assert len(copies) > 3
+    assert set(deals.filter(pl.col("system") == "salesforce")["deal_id"]) == live_opportunities
+    assert set(deals.filter(pl.col("system") == "hubspot")["deal_id"]) == live_deals - set(copies)
+    synced = dict(
+        deals.filter(pl.col("hubspot_deal_id").is_not_null()).select("hubspot_deal_id", "deal_id").iter_rows()
+    )
+    assert synced == copies

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
+from revenue_pipelines.defs.revenue.marts import CHANNEL_MAPPING
+from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines_tests.conftest import END, day_range, expected_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,26 @@ def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox_factory, t
         sandbox.bigquery.truth(sandbox.bigquery.ga4_export_dataset, f"events_{day:%Y%m%d}").height
         for day in pl.date_range(first, END, eager=True)
     )
+
+    # Attribution's last-touch sessions are GA4's own sessions by medium, under the mapping's channel names.
+    attribution = pl.read_parquet(tmp_path / "data" / "revenue" / "marts" / "channel_attribution" / "*.parquet")
+    got = (
+        attribution.filter(pl.col("model") == "last_touch")
+        .group_by(PARTITION_COLUMN, "channel")
+        .agg(pl.col("sessions").sum())
+        .filter(pl.col("sessions") > 0)
+        .sort(PARTITION_COLUMN, "channel")
+    )
+    ga4 = sandbox.ga4.truth(["date", "sessionMedium"], ["sessions"], first, END, settled=True)
+    channels = CHANNEL_MAPPING.filter(pl.col("system") == "ga4").select(sessionMedium="source", channel="channel")
+    expected = (
+        ga4.join(channels, on="sessionMedium")
+        .group_by(pl.col("date").str.to_date("%Y%m%d").alias(PARTITION_COLUMN), "channel")
+        .agg(pl.col("sessions").sum())
+        .sort(PARTITION_COLUMN, "channel")
+    )
+    assert expected.height > 5
+    assert got.equals(expected)
 
 
 def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):

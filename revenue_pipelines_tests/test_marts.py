@@ -11,15 +11,18 @@ from revenue_pipelines.defs.revenue.identity import IDENTITY_KEY
 from revenue_pipelines.defs.revenue.marts import (
     AMOUNTS_CONVERTED,
     BILLING_INVOICES,
+    CHANNEL_MAPPING,
+    HUBSPOT_CONTACTS,
     HUBSPOT_DEALS,
     PIPELINE_KEY,
     RATES_SCHEMA,
     SALESFORCE_OPPORTUNITIES,
     STAGE_MAPPING,
+    STAGE_SCHEMA,
     STAGES_MAPPED,
     WON_REVENUE_BILLED,
     accounts_frame,
-    load_stage_mapping,
+    load_mapping_file,
     pipeline,
     pipeline_frame,
     reconcile_won_revenue,
@@ -67,12 +70,12 @@ def salesforce_opportunities() -> pl.DataFrame:
 
 def hubspot_deals() -> pl.DataFrame:
     rows = [
-        # id, dealstage, amount, currency, closedate, synced from
-        (1, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1),  # the copy of O1: counted once, as O1
-        (2, "closedwon", 200.0, "GBP", _utc(2026, 3, 1), None),
-        (3, "contractsent", 300.0, "USD", None, O9),  # synced from an opportunity Salesforce no longer has
-        (4, "mystery", 50.0, "USD", None, None),  # a stage nobody mapped
-        (5, "qualifiedtobuy", 70.0, "CHF", None, None),  # a currency without a rate
+        # id, dealstage, amount, currency, closedate, synced from, contacts
+        (1, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, [11]),  # the copy of O1: counted once, as O1
+        (2, "closedwon", 200.0, "GBP", _utc(2026, 3, 1), None, [12, 11]),
+        (3, "contractsent", 300.0, "USD", None, O9, [13]),  # synced from an opportunity Salesforce no longer has
+        (4, "mystery", 50.0, "USD", None, None, []),  # a stage nobody mapped
+        (5, "qualifiedtobuy", 70.0, "CHF", None, None, [14]),  # a currency without a rate
     ]
     return pl.DataFrame(
         [
@@ -87,13 +90,32 @@ def hubspot_deals() -> pl.DataFrame:
                 "createdate": _utc(2026, 1, 5),
                 "hubspot_owner_id": 77,
                 "company_ids": [501],
+                "contact_ids": contacts,
                 "hs_salesforceopportunityid": synced,
                 "changed_at": _utc(2026, 3, 2),
                 PARTITION_COLUMN: DAY,
             }
-            for id_, stage, amount, currency, close, synced in rows
+            for id_, stage, amount, currency, close, synced, contacts in rows
         ],
-        schema_overrides={"closedate": pl.Datetime("ms", "UTC"), "hs_salesforceopportunityid": pl.Utf8},
+        schema_overrides={
+            "closedate": pl.Datetime("ms", "UTC"),
+            "hs_salesforceopportunityid": pl.Utf8,
+            "contact_ids": pl.List(pl.Int64),
+        },
+    )
+
+
+def hubspot_contacts() -> pl.DataFrame:
+    """Contacts with their original source: paid search, a source the mapping lacks, none."""
+    sources = {11: "PAID_SEARCH", 12: None, 13: "SOMETHING_NEW", 14: "REFERRALS"}
+    return pl.DataFrame(
+        {
+            "id": list(sources),
+            "hs_analytics_source": list(sources.values()),
+            "hs_analytics_source_data_1": ["brand-search-q4", None, None, "g2-reviews"],
+            PARTITION_COLUMN: [DAY] * len(sources),
+        },
+        schema_overrides={"hs_analytics_source": pl.Utf8},
     )
 
 
@@ -144,6 +166,7 @@ def build_pipeline(tmp_path: Path) -> tuple[dg.ExecuteInProcessResult, pl.DataFr
     io_manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "data"))
     inputs = {
         HUBSPOT_DEALS: hubspot_deals(),
+        HUBSPOT_CONTACTS: hubspot_contacts(),
         SALESFORCE_OPPORTUNITIES: salesforce_opportunities(),
         IDENTITY_KEY: identity(),
         BILLING_INVOICES: invoices(*BILLED_IN_FULL),
@@ -191,6 +214,16 @@ def test_the_pipeline_counts_synced_deals_once_maps_stages_and_converts_at_the_r
     assert by_key["hubspot:3"]["unified_stage"] == "Negotiation"
     assert by_key["hubspot:4"]["unified_stage"] is None  # kept, and the check fails
     assert by_key["hubspot:5"]["amount_usd"] is None
+    channels = {key: row["channel"] for key, row in by_key.items()}
+    assert channels == {
+        f"salesforce:{O1}": "Direct",  # LeadSource Web
+        f"salesforce:{O2}": "Referral",  # Partner Referral
+        "hubspot:2": "Paid Search",  # its first contact (11) came from paid search
+        "hubspot:3": "Other",  # a source the mapping lacks
+        "hubspot:4": "Unattributed",  # no contact
+        "hubspot:5": "Referral",
+    }
+    assert by_key["hubspot:2"]["campaign"] == "brand-search-q4"
     table_schema(deals.schema)  # every column has a BigQuery type, for PROD's IO manager
 
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
@@ -229,8 +262,8 @@ def test_a_stage_mapped_twice_fails_at_load(tmp_path):
         "hubspot,*,closedwon,Closed Won,6,true,true\n"
         "hubspot,*,closedwon,Won,6,true,true\n"
     )
-    with pytest.raises(ValueError, match="0 rows with an empty field, 2 rows mapping a stage twice"):
-        load_stage_mapping(path)
+    with pytest.raises(ValueError, match="0 rows with an empty field, 2 rows mapping one system/pipeline/stage twice"):
+        load_mapping_file(path, STAGE_SCHEMA, ["system", "pipeline", "stage"])
 
 
 def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
@@ -252,6 +285,7 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
                 "id": ACCOUNT_A,
                 "Name": "Acme Corp",
                 "Industry": "Software",
+                "NumberOfEmployees": 250,
                 "OwnerId": "005U1",
                 "changed_at": _utc(2026, 3, 1),
                 **at_day,
@@ -264,7 +298,9 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
             {"id": 501, "name": "Acme", "industry": "Tech", "lifecyclestage": "customer", "hubspot_owner_id": 77},
             {"id": 502, "name": "Beta", "industry": None, "lifecyclestage": None, "hubspot_owner_id": 78},
         ]
-    ).with_columns(changed_at=pl.lit(_utc(2026, 2, 1)), **{PARTITION_COLUMN: pl.lit(DAY)})
+    ).with_columns(
+        numberofemployees=pl.lit(None, pl.Int64), changed_at=pl.lit(_utc(2026, 2, 1)), **{PARTITION_COLUMN: pl.lit(DAY)}
+    )
     invoice_rows = [
         # id, status, currency, subtotal cents, issued
         ("in-1", "paid", "EUR", 100_000, datetime(2025, 12, 1, tzinfo=UTC)),  # 1,000 EUR at 1.05
@@ -288,9 +324,7 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
             for id_, status, currency, cents, issued in invoice_rows
         ]
     )
-    deals = pipeline_frame(
-        hubspot_deals().lazy(), salesforce_opportunities().lazy(), identity().lazy(), STAGE_MAPPING, rates
-    )
+    deals = pipeline_frame(*_pipeline_inputs(rates))
 
     frame = accounts_frame(
         identity_rows.lazy(),
@@ -315,15 +349,27 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
     assert acme["open_deals"] == 4
     assert acme["last_activity_at"] == datetime(2026, 3, 2, 15, tzinfo=UTC)
     assert (acme["salesforce_records"], acme["hubspot_records"], acme["billing_records"]) == (1, 1, 1)
+    assert (acme["employees"], acme["segment"]) == (250, "Mid-Market")  # Salesforce's head count
     assert (beta["name"], beta["owner"], beta["lifecycle_stage"], beta["arr_usd"]) == ("Beta", "78", None, 0.0)
+    assert beta["segment"] == "Unknown"
     table_schema(frame.schema)  # every column has a BigQuery type, for PROD's IO manager
 
 
 def _won_deals() -> pl.DataFrame:
     rates = pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)
-    return pipeline_frame(
-        hubspot_deals().lazy(), salesforce_opportunities().lazy(), identity().lazy(), STAGE_MAPPING, rates
-    ).collect()
+    return pipeline_frame(*_pipeline_inputs(rates)).collect()
+
+
+def _pipeline_inputs(rates: pl.DataFrame) -> tuple:
+    return (
+        hubspot_deals().lazy(),
+        hubspot_contacts().lazy(),
+        salesforce_opportunities().lazy(),
+        identity().lazy(),
+        STAGE_MAPPING,
+        rates,
+        CHANNEL_MAPPING,
+    )
 
 
 def test_won_revenue_reconciles_with_billing_and_fails_when_it_should():
@@ -354,3 +400,18 @@ def test_won_revenue_reconciles_with_billing_and_fails_when_it_should():
     recent = reconcile_won_revenue(deals, invoices(BILLED_IN_FULL[1]), date(2026, 3, 1))
     assert recent.deals["deal_key"].to_list() == ["hubspot:2"]
     assert recent.within(0.0)
+
+
+def test_the_channel_mapping_gives_each_sandbox_channel_one_name_in_every_system():
+    from revenue_pipelines.sandbox.ga4_data import CHANNELS
+    from revenue_pipelines.sandbox.salesforce_data import LEAD_SOURCES
+
+    channel = {(system, source): name for system, source, name in CHANNEL_MAPPING.iter_rows()}
+    assert {("salesforce", source) for source in LEAD_SOURCES} <= set(channel)
+    for sandbox_channel in CHANNELS:
+        names = {
+            channel["ga4", sandbox_channel.session_medium],
+            channel["hubspot", sandbox_channel.hubspot_source],
+            channel["salesforce", sandbox_channel.salesforce_lead_source],
+        }
+        assert len(names) == 1, sandbox_channel

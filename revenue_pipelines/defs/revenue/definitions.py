@@ -4,6 +4,7 @@ import dagster as dg
 
 from revenue_pipelines.defs.revenue.identity import account_identity
 from revenue_pipelines.defs.revenue.marts import accounts, pipeline
+from revenue_pipelines.defs.revenue.metrics import channel_attribution, daily_revenue_metrics
 from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
@@ -27,7 +28,7 @@ daily_revenue_schedule = dg.build_schedule_from_partitioned_job(
 )
 
 defs = dg.Definitions(
-    assets=[account_identity, pipeline, accounts],
+    assets=[account_identity, pipeline, accounts, daily_revenue_metrics, channel_attribution],
     jobs=[daily_revenue_job],
     schedules=[daily_revenue_schedule],
     resources={"reference": get_environment().reference},

@@ -27,9 +27,13 @@ from revenue_pipelines.lib.raw_assets import OWNERS
 PIPELINE_KEY = dg.AssetKey(["revenue", "marts", "pipeline"])
 ACCOUNTS_KEY = dg.AssetKey(["revenue", "marts", "accounts"])
 HUBSPOT_DEALS = dg.AssetKey(["hubspot", "core", "deals"])
+HUBSPOT_CONTACTS = dg.AssetKey(["hubspot", "core", "contacts"])
 SALESFORCE_OPPORTUNITIES = dg.AssetKey(["salesforce", "core", "opportunities"])
 SALESFORCE_USERS = dg.AssetKey(["salesforce", "core", "users"])
 ARR_WINDOW_DAYS = 365
+# Sales segments by head count: each name holds accounts below its bound; the last, all others.
+SEGMENTS = (("SMB", 200), ("Mid-Market", 1000), ("Enterprise", None))
+UNKNOWN_SEGMENT = "Unknown"
 STAGES_MAPPED = "stages_mapped"
 AMOUNTS_CONVERTED = "amounts_converted"
 WON_REVENUE_BILLED = "won_revenue_matches_billing"
@@ -37,6 +41,9 @@ ANY_PIPELINE = "*"
 REPORTING_CURRENCY = "USD"
 RATES_SCHEMA = {"valid_from": pl.Date, "currency": pl.Utf8, "usd_per_unit": pl.Float64}
 STAGE_MAPPING_FILE = Path(__file__).with_name("stage_mapping.csv")
+CHANNEL_MAPPING_FILE = Path(__file__).with_name("channel_mapping.csv")
+CHANNEL_SCHEMA = {"system": pl.Utf8, "source": pl.Utf8, "channel": pl.Utf8}
+OTHER_CHANNEL, UNATTRIBUTED = "Other", "Unattributed"
 STAGE_SCHEMA = {
     "system": pl.Utf8,
     "pipeline": pl.Utf8,
@@ -48,33 +55,47 @@ STAGE_SCHEMA = {
 }
 
 
-def load_stage_mapping(path: Path = STAGE_MAPPING_FILE) -> pl.DataFrame:
-    """The reviewed stage mapping; a file that is not one fails definition load, naming the problem."""
-    mapping = pl.read_csv(path, comment_prefix="#", schema=STAGE_SCHEMA)
+def load_mapping_file(path: Path, schema: dict[str, pl.DataType], key: list[str]) -> pl.DataFrame:
+    """A reviewed mapping file; one that is not a mapping fails definition load, naming the problem."""
+    mapping = pl.read_csv(path, comment_prefix="#", schema=schema)
     incomplete = mapping.filter(pl.any_horizontal(pl.all().is_null()))
-    doubled = mapping.filter(pl.len().over("system", "pipeline", "stage") > 1)
+    doubled = mapping.filter(pl.len().over(key) > 1)
     if incomplete.height or doubled.height:
         raise ValueError(
-            f"{path.name}: {incomplete.height} rows with an empty field, {doubled.height} rows mapping a stage twice"
+            f"{path.name}: {incomplete.height} rows with an empty field, {doubled.height} rows mapping "
+            f"one {'/'.join(key)} twice"
         )
     return mapping
 
 
-STAGE_MAPPING = load_stage_mapping()
+STAGE_MAPPING = load_mapping_file(STAGE_MAPPING_FILE, STAGE_SCHEMA, ["system", "pipeline", "stage"])
+CHANNEL_MAPPING = load_mapping_file(CHANNEL_MAPPING_FILE, CHANNEL_SCHEMA, ["system", "source"])
+
+
+def with_channel(frame: pl.LazyFrame, channels: pl.DataFrame) -> pl.LazyFrame:
+    """`frame` (with `system` and `source`) with the `channel` the mapping gives that source."""
+    return frame.join(channels.lazy(), on=["system", "source"], how="left").with_columns(
+        channel=pl.when(pl.col("source").is_null())
+        .then(pl.lit(UNATTRIBUTED))
+        .otherwise(pl.col("channel").fill_null(OTHER_CHANNEL))
+    )
 
 
 def pipeline_frame(
     hubspot_deals: pl.LazyFrame,
+    hubspot_contacts: pl.LazyFrame,
     salesforce_opportunities: pl.LazyFrame,
     identity: pl.LazyFrame,
     stages: pl.DataFrame,
     rates: pl.DataFrame,
+    channels: pl.DataFrame,
 ) -> pl.LazyFrame:
     """HubSpot deals and Salesforce opportunities as one model, per day of the inputs.
 
     A HubSpot deal synced from a Salesforce opportunity (`hs_salesforceopportunityid`) is that
     opportunity, counted once, as Salesforce has it. Amounts are converted at the rate of the close
-    date for closed deals, of the day for open ones.
+    date for closed deals, of the day for open ones. The channel is where the deal's lead came
+    from: the opportunity's LeadSource, or the original source of the HubSpot deal's first contact.
     """
     salesforce = salesforce_opportunities.select(
         PARTITION_COLUMN,
@@ -88,7 +109,7 @@ def pipeline_frame(
         created_at=pl.col("CreatedDate"),
         close_date=pl.col("CloseDate"),
         owner_id=pl.col("OwnerId"),
-        lead_source=pl.col("LeadSource"),
+        source=pl.col("LeadSource"),
         account_record=pl.col("AccountId"),
         synced_from=pl.lit(None, pl.Utf8),
         changed_at=pl.col("changed_at"),
@@ -105,11 +126,18 @@ def pipeline_frame(
         created_at=pl.col("createdate"),
         close_date=pl.col("closedate").dt.date(),
         owner_id=pl.col("hubspot_owner_id").cast(pl.Utf8),
-        lead_source=pl.lit(None, pl.Utf8),
+        first_contact=pl.col("contact_ids").list.min(),
         account_record=pl.col("company_ids").list.min().cast(pl.Utf8),
         synced_from=pl.col("hs_salesforceopportunityid"),
         changed_at=pl.col("changed_at"),
     )
+    contact_sources = hubspot_contacts.select(
+        PARTITION_COLUMN,
+        pl.col("id").alias("first_contact"),
+        pl.col("hs_analytics_source").alias("source"),
+        pl.col("hs_analytics_source_data_1").alias("campaign"),
+    )
+    hubspot = hubspot.join(contact_sources, on=[PARTITION_COLUMN, "first_contact"], how="left").drop("first_contact")
     # The copy of a live opportunity goes; its id stays on the opportunity.
     copies = hubspot.filter(pl.col("synced_from").is_not_null()).join(
         salesforce.select(PARTITION_COLUMN, pl.col("deal_id").alias("synced_from")),
@@ -143,6 +171,7 @@ def pipeline_frame(
         )
         .sort("converted_on")
     )
+    deals = with_channel(deals, channels)
     converted = deals.join_asof(
         rates.lazy().sort("valid_from"),
         left_on="converted_on",
@@ -168,7 +197,9 @@ def pipeline_frame(
         "created_at",
         "close_date",
         "owner_id",
-        "lead_source",
+        "source",
+        "channel",
+        "campaign",
         "changed_at",
     ).sort(PARTITION_COLUMN, "deal_key")
 
@@ -249,7 +280,8 @@ def reconcile_won_revenue(deals: pl.DataFrame, invoices: pl.DataFrame, since: da
     return Reconciliation(per_deal.sort("close_date", "deal_key"), since)
 
 
-_COMMON = {
+# What every mart shares: a daily partition of the picture at the day's end, in the revenue group.
+MART_DEFAULTS = {
     "group_name": "revenue",
     "kinds": {"polars"},
     "owners": OWNERS,
@@ -264,11 +296,12 @@ _COMMON = {
     description=(
         "Every deal as of the end of each day, HubSpot deals and Salesforce opportunities in one model: the "
         "stage mapped onto one funnel (stage_mapping.csv), the amount in USD from the currency rates, the account "
-        "from the account identity. A HubSpot deal synced from a Salesforce opportunity is counted once, as the "
-        "opportunity."
+        "from the account identity, the channel its lead came from (channel_mapping.csv). A HubSpot deal synced "
+        "from a Salesforce opportunity is counted once, as the opportunity."
     ),
     ins={
         "hubspot_deals": dg.AssetIn(HUBSPOT_DEALS),
+        "hubspot_contacts": dg.AssetIn(HUBSPOT_CONTACTS),
         "salesforce_opportunities": dg.AssetIn(SALESFORCE_OPPORTUNITIES),
         "identity": dg.AssetIn(IDENTITY_KEY),
         "billing_invoices": dg.AssetIn(BILLING_INVOICES),
@@ -296,12 +329,13 @@ _COMMON = {
         ),
     ],
     required_resource_keys={"reference"},
-    **_COMMON,
+    **MART_DEFAULTS,
 )
 def pipeline(
     context: dg.AssetExecutionContext,
     config: PipelineConfig,
     hubspot_deals: pl.DataFrame,
+    hubspot_contacts: pl.DataFrame,
     salesforce_opportunities: pl.DataFrame,
     identity: pl.DataFrame,
     billing_invoices: pl.DataFrame,
@@ -309,7 +343,13 @@ def pipeline(
     reference: CsvReferenceTables = context.resources.reference
     rates = reference.read("currency_rates", RATES_SCHEMA)
     deals = pipeline_frame(
-        hubspot_deals.lazy(), salesforce_opportunities.lazy(), identity.lazy(), STAGE_MAPPING, rates
+        hubspot_deals.lazy(),
+        hubspot_contacts.lazy(),
+        salesforce_opportunities.lazy(),
+        identity.lazy(),
+        STAGE_MAPPING,
+        rates,
+        CHANNEL_MAPPING,
     ).collect(engine="streaming")
     latest = deals.filter(pl.col(PARTITION_COLUMN) == deals[PARTITION_COLUMN].max())
     open_deals = latest.filter(~pl.col("is_closed").fill_null(False))
@@ -388,6 +428,14 @@ def _unmatched_check(name: str, failures: pl.DataFrame, by: list[str], field: st
     )
 
 
+def segment_of(employees: pl.Expr) -> pl.Expr:
+    """The sales segment of an account by its head count (`SEGMENTS`); "Unknown" without one."""
+    segment = pl.when(employees.is_null()).then(pl.lit(UNKNOWN_SEGMENT))
+    for name, below in SEGMENTS[:-1]:
+        segment = segment.when(employees < below).then(pl.lit(name))
+    return segment.otherwise(pl.lit(SEGMENTS[-1][0]))
+
+
 def _records_of(identity: pl.LazyFrame, system: str, records: pl.LazyFrame, id_column: pl.Expr) -> pl.LazyFrame:
     """`records` of `system` with the account each belongs to, per day."""
     return (
@@ -422,6 +470,7 @@ def accounts_frame(
             salesforce_name=pl.col("Name").first(),
             salesforce_owner=pl.col("owner").first(),
             salesforce_industry=pl.col("Industry").first(),
+            salesforce_employees=pl.col("NumberOfEmployees").first(),
             salesforce_changed_at=pl.col("changed_at").max(),
         )
     )
@@ -432,6 +481,7 @@ def accounts_frame(
             hubspot_name=pl.col("name").first(),
             hubspot_owner=pl.col("hubspot_owner_id").first().cast(pl.Utf8),
             hubspot_industry=pl.col("industry").first(),
+            hubspot_employees=pl.col("numberofemployees").first(),
             lifecycle_stage=pl.col("lifecyclestage").first(),
             hubspot_changed_at=pl.col("changed_at").max(),
         )
@@ -486,6 +536,8 @@ def accounts_frame(
             name=pl.coalesce("salesforce_name", "hubspot_name", "billing_name"),
             owner=pl.coalesce("salesforce_owner", "hubspot_owner"),
             industry=pl.coalesce("salesforce_industry", "hubspot_industry"),
+            employees=pl.coalesce("salesforce_employees", "hubspot_employees"),
+            segment=segment_of(pl.coalesce("salesforce_employees", "hubspot_employees")),
             lifecycle_stage=pl.coalesce(
                 "lifecycle_stage",
                 pl.when(pl.col("won_revenue_usd") > 0)
@@ -512,8 +564,9 @@ def accounts_frame(
 @dg.asset(
     key=ACCOUNTS_KEY,
     description=(
-        "One row per account (see revenue/core/account_identity) as of the end of each day: name, owner, industry "
-        "and lifecycle stage (Salesforce first, then HubSpot), ARR from billing (invoices of the last 365 days, "
+        "One row per account (see revenue/core/account_identity) as of the end of each day: name, owner, industry, "
+        "head count and segment (SMB below 200, Mid-Market below 1,000, Enterprise) and lifecycle stage (Salesforce "
+        "first, then HubSpot), ARR from billing (invoices of the last 365 days, "
         "void ones excepted, in USD), open pipeline and won revenue in USD, and the last activity on any of its "
         "records or deals."
     ),
@@ -526,7 +579,7 @@ def accounts_frame(
         "deals": dg.AssetIn(PIPELINE_KEY),
     },
     required_resource_keys={"reference"},
-    **_COMMON,
+    **MART_DEFAULTS,
 )
 def accounts(
     context: dg.AssetExecutionContext,
