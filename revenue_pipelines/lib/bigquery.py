@@ -342,8 +342,9 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
 
     # --- reading ------------------------------------------------------------------------------
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | None:
-        """The input's partition window; None for a table not written yet, if the input allows missing partitions."""
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | pl.LazyFrame | None:
+        """The input's partition window (lazy if the input asks for a LazyFrame); None for a table not written
+        yet, if the input allows missing partitions."""
         upstream = context.upstream_output
         partition_column = (upstream.definition_metadata or {}).get("partition_expr") if upstream else None
         window, parameters = _window_filter(context, partition_column)
@@ -355,7 +356,8 @@ class BigQueryWindowIOManager(dg.ConfigurableIOManager):
                 context.log.warning(f"{table_id} does not exist yet: no partitions of it to load.")
                 return None
             raise
-        return self.warehouse.read(job, context.log).frame
+        frame = self.warehouse.read(job, context.log).frame
+        return frame.lazy() if context.dagster_type.typing_type is pl.LazyFrame else frame
 
 
 def _window_filter(

@@ -334,19 +334,19 @@ MART_DEFAULTS = {
 def pipeline(
     context: dg.AssetExecutionContext,
     config: PipelineConfig,
-    hubspot_deals: pl.DataFrame,
-    hubspot_contacts: pl.DataFrame,
-    salesforce_opportunities: pl.DataFrame,
-    identity: pl.DataFrame,
-    billing_invoices: pl.DataFrame,
+    hubspot_deals: pl.LazyFrame,
+    hubspot_contacts: pl.LazyFrame,
+    salesforce_opportunities: pl.LazyFrame,
+    identity: pl.LazyFrame,
+    billing_invoices: pl.LazyFrame,
 ):
     reference: CsvReferenceTables = context.resources.reference
     rates = reference.read("currency_rates", RATES_SCHEMA)
     deals = pipeline_frame(
-        hubspot_deals.lazy(),
-        hubspot_contacts.lazy(),
-        salesforce_opportunities.lazy(),
-        identity.lazy(),
+        hubspot_deals,
+        hubspot_contacts,
+        salesforce_opportunities,
+        identity,
         STAGE_MAPPING,
         rates,
         CHANNEL_MAPPING,
@@ -375,7 +375,8 @@ def pipeline(
     starts = [history_since(context.instance, key, last_day) for key in RECONCILED_STATES]
     since = max((start for start in starts if start), default=DAILY_INGESTION.start.date())
     on_last_day = pl.col(PARTITION_COLUMN) == last_day
-    reconciliation = reconcile_won_revenue(deals.filter(on_last_day), billing_invoices.filter(on_last_day), since)
+    invoices = billing_invoices.filter(on_last_day).collect(engine="streaming")
+    reconciliation = reconcile_won_revenue(deals.filter(on_last_day), invoices, since)
     yield _reconciliation_check(reconciliation, config.billing_tolerance)
 
 
@@ -583,21 +584,21 @@ def accounts_frame(
 )
 def accounts(
     context: dg.AssetExecutionContext,
-    identity: pl.DataFrame,
-    salesforce_accounts: pl.DataFrame,
-    salesforce_users: pl.DataFrame,
-    hubspot_companies: pl.DataFrame,
-    billing_invoices: pl.DataFrame,
-    deals: pl.DataFrame,
+    identity: pl.LazyFrame,
+    salesforce_accounts: pl.LazyFrame,
+    salesforce_users: pl.LazyFrame,
+    hubspot_companies: pl.LazyFrame,
+    billing_invoices: pl.LazyFrame,
+    deals: pl.LazyFrame,
 ) -> dg.MaterializeResult:
     reference: CsvReferenceTables = context.resources.reference
     frame = accounts_frame(
-        identity.lazy(),
-        salesforce_accounts.lazy(),
-        salesforce_users.lazy(),
-        hubspot_companies.lazy(),
-        billing_invoices.lazy(),
-        deals.lazy(),
+        identity,
+        salesforce_accounts,
+        salesforce_users,
+        hubspot_companies,
+        billing_invoices,
+        deals,
         reference.read("currency_rates", RATES_SCHEMA),
     ).collect(engine="streaming")
     latest = frame.filter(pl.col(PARTITION_COLUMN) == frame[PARTITION_COLUMN].max())

@@ -72,8 +72,8 @@ def daily_revenue_metrics_frame(deals: pl.LazyFrame, accounts: pl.LazyFrame) -> 
     ins={"deals": dg.AssetIn(PIPELINE_KEY), "accounts": dg.AssetIn(ACCOUNTS_KEY)},
     **MART_DEFAULTS,
 )
-def daily_revenue_metrics(deals: pl.DataFrame, accounts: pl.DataFrame) -> dg.MaterializeResult:
-    metrics = daily_revenue_metrics_frame(deals.lazy(), accounts.lazy()).collect(engine="streaming")
+def daily_revenue_metrics(deals: pl.LazyFrame, accounts: pl.LazyFrame) -> dg.MaterializeResult:
+    metrics = daily_revenue_metrics_frame(deals, accounts).collect(engine="streaming")
     return dg.MaterializeResult(
         value=metrics,
         metadata={
@@ -176,13 +176,13 @@ def channel_attribution_frame(
     **MART_DEFAULTS,
 )
 def channel_attribution(
-    events: pl.DataFrame, hubspot_contacts: pl.DataFrame, salesforce_leads: pl.DataFrame, deals: pl.DataFrame
+    events: pl.LazyFrame, hubspot_contacts: pl.LazyFrame, salesforce_leads: pl.LazyFrame, deals: pl.LazyFrame
 ) -> dg.MaterializeResult:
     attribution = channel_attribution_frame(
-        events.lazy(),
-        hubspot_contacts.lazy(),
-        salesforce_leads.lazy(),
-        deals.lazy(),
+        events,
+        hubspot_contacts,
+        salesforce_leads,
+        deals,
         CHANNEL_MAPPING,
     ).collect(engine="streaming")
     last_touch = attribution.filter(pl.col("model") == LAST_TOUCH)
