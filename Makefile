@@ -49,3 +49,4 @@ bench: install
 	$(RUN) python -m bench.ingest_hubspot
 	$(RUN) python -m bench.ingest_salesforce
 	$(RUN) python -m bench.bigquery_read
+	$(RUN) python -m bench.transform_scale

@@ -1,6 +1,7 @@
 """The revenue marts on small fixed data sets, against values worked out by hand."""
 
-from datetime import UTC, date, datetime
+import random
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -415,3 +416,33 @@ def test_the_channel_mapping_gives_each_sandbox_channel_one_name_in_every_system
             channel["salesforce", sandbox_channel.salesforce_lead_source],
         }
         assert len(names) == 1, sandbox_channel
+
+
+def test_every_amount_is_converted_at_its_own_dates_rate_at_scale():
+    """Thousands of deals in no particular order: each at the rate of its currency on its date."""
+    rng = random.Random(3)
+    rates = pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)
+    n = 3_000
+    closes = [date(2026, 1, 1) + timedelta(days=rng.randrange(60)) for _ in range(n)]
+    opportunities = pl.concat([salesforce_opportunities()] * (n // 2)).with_columns(
+        id=pl.format("006A{}", pl.int_range(pl.len()).cast(pl.Utf8).str.zfill(10)),
+        StageName=pl.Series(rng.choice(["Closed Won", "Prospecting"]) for _ in range(n)),
+        CurrencyIsoCode=pl.Series(rng.choice(["EUR", "USD", "GBP"]) for _ in range(n)),
+        CloseDate=pl.Series(closes),
+    )
+    deals = pipeline_frame(
+        hubspot_deals().lazy(),
+        hubspot_contacts().lazy(),
+        opportunities.lazy(),
+        identity().lazy(),
+        STAGE_MAPPING,
+        rates,
+        CHANNEL_MAPPING,
+    ).collect()
+
+    table = sorted(rates.iter_rows())
+    for row in deals.filter(pl.col("system") == "salesforce").iter_rows(named=True):
+        on = row["close_date"] if row["is_closed"] else DAY
+        valid = [rate for valid_from, currency, rate in table if currency == row["currency"] and valid_from <= on]
+        expected = round(row["amount"] * valid[-1], 2) if valid else None
+        assert row["amount_usd"] == expected, row

@@ -81,6 +81,35 @@ def with_channel(frame: pl.LazyFrame, channels: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
+def daily_rates(rates: pl.DataFrame) -> pl.DataFrame:
+    """`rates` (`RATES_SCHEMA`) as one row per currency and day, from the currency's first `valid_from`
+    to the table's last: each day's rate is the latest valid on it. A small table (days x currencies)
+    that a plain join can use, where an as-of join would need its input sorted."""
+    days = pl.DataFrame({"rate_date": pl.date_range(rates["valid_from"].min(), rates["valid_from"].max(), eager=True)})
+    return (
+        days.join(rates.select("currency").unique(), how="cross")
+        .sort("rate_date")
+        # Eager and sorted just above, which Polars cannot verify itself when joining `by` a column.
+        .join_asof(
+            rates.sort("valid_from"), left_on="rate_date", right_on="valid_from", by="currency", check_sortedness=False
+        )
+        .filter(pl.col("usd_per_unit").is_not_null())
+        .select("currency", "rate_date", "usd_per_unit")
+    )
+
+
+def with_usd_rate(frame: pl.LazyFrame, rates: pl.DataFrame, on: str) -> pl.LazyFrame:
+    """`frame` with `usd_per_unit`, the rate of its `currency` on the date `on`; the table's last rate
+    after its last day, none before a currency's first."""
+    by_day = daily_rates(rates)
+    last_day = by_day["rate_date"].max()
+    return (
+        frame.with_columns(rate_date=pl.min_horizontal(pl.col(on), pl.lit(last_day)))
+        .join(by_day.lazy(), on=["currency", "rate_date"], how="left")
+        .drop("rate_date")
+    )
+
+
 def pipeline_frame(
     hubspot_deals: pl.LazyFrame,
     hubspot_contacts: pl.LazyFrame,
@@ -131,13 +160,6 @@ def pipeline_frame(
         synced_from=pl.col("hs_salesforceopportunityid"),
         changed_at=pl.col("changed_at"),
     )
-    contact_sources = hubspot_contacts.select(
-        PARTITION_COLUMN,
-        pl.col("id").alias("first_contact"),
-        pl.col("hs_analytics_source").alias("source"),
-        pl.col("hs_analytics_source_data_1").alias("campaign"),
-    )
-    hubspot = hubspot.join(contact_sources, on=[PARTITION_COLUMN, "first_contact"], how="left").drop("first_contact")
     # The copy of a live opportunity goes; its id stays on the opportunity.
     copies = hubspot.filter(pl.col("synced_from").is_not_null()).join(
         salesforce.select(PARTITION_COLUMN, pl.col("deal_id").alias("synced_from")),
@@ -152,6 +174,13 @@ def pipeline_frame(
         how="left",
     )
     hubspot = hubspot.join(copies.select(PARTITION_COLUMN, "deal_id"), on=[PARTITION_COLUMN, "deal_id"], how="anti")
+    contact_sources = hubspot_contacts.select(
+        PARTITION_COLUMN,
+        pl.col("id").alias("first_contact"),
+        pl.col("hs_analytics_source").alias("source"),
+        pl.col("hs_analytics_source_data_1").alias("campaign"),
+    )
+    hubspot = hubspot.join(contact_sources, on=[PARTITION_COLUMN, "first_contact"], how="left").drop("first_contact")
     deals = pl.concat([salesforce, hubspot.with_columns(hubspot_deal_id=pl.lit(None, pl.Utf8))], how="diagonal_relaxed")
 
     accounts = identity.select(
@@ -169,16 +198,10 @@ def pipeline_frame(
         .with_columns(
             converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
         )
-        .sort("converted_on")
     )
-    deals = with_channel(deals, channels)
-    converted = deals.join_asof(
-        rates.lazy().sort("valid_from"),
-        left_on="converted_on",
-        right_on="valid_from",
-        by="currency",
-        check_sortedness=False,  # sorted above; with `by` Polars cannot verify it
-    ).with_columns(amount_usd=(pl.col("amount") * pl.col("usd_per_unit")).round(2))
+    converted = with_usd_rate(with_channel(deals, channels), rates, "converted_on").with_columns(
+        amount_usd=(pl.col("amount") * pl.col("usd_per_unit")).round(2)
+    )
     return converted.select(
         PARTITION_COLUMN,
         pl.concat_str("system", pl.lit(":"), "deal_id").alias("deal_key"),
@@ -201,7 +224,7 @@ def pipeline_frame(
         "channel",
         "campaign",
         "changed_at",
-    ).sort(PARTITION_COLUMN, "deal_key")
+    )
 
 
 class PipelineConfig(dg.Config):
@@ -491,14 +514,7 @@ def accounts_frame(
     invoices = (
         _records_of(identity, "billing", billing_invoices, pl.col("billing_account_id"))
         .with_columns(issued_on=pl.col("issued_at").dt.date())
-        .sort("issued_on")
-        .join_asof(
-            rates.lazy().sort("valid_from"),
-            left_on="issued_on",
-            right_on="valid_from",
-            by="currency",
-            check_sortedness=False,  # sorted above; with `by` Polars cannot verify it
-        )
+        .pipe(with_usd_rate, rates, "issued_on")
         .with_columns(
             in_arr_window=(pl.col("status") != "void")
             & (pl.col("issued_at") < day_start + pl.duration(days=1))

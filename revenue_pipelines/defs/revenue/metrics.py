@@ -102,16 +102,22 @@ def channel_attribution_frame(
     and won revenue are credited alike under both models.
     """
     day = pl.col(PARTITION_COLUMN)
-    starts = events.filter(pl.col("event_name") == "session_start")
+    # Counted once by both models' keys first: the events are the one large input.
+    touches = ["session_medium", "session_campaign", "first_user_medium", "first_user_campaign"]
+    starts = (
+        events.filter(pl.col("event_name") == "session_start")
+        .group_by(PARTITION_COLUMN, *touches)
+        .agg(sessions=pl.len().cast(pl.Int64))
+    )
     sessions = pl.concat(
         [
             starts.select(
                 PARTITION_COLUMN,
+                "sessions",
                 model=pl.lit(model),
                 system=pl.lit("ga4"),
                 source=pl.col(f"{prefix}_medium"),
                 campaign=pl.col(f"{prefix}_campaign"),
-                sessions=pl.lit(1),
             )
             for model, prefix in ((LAST_TOUCH, "session"), (FIRST_TOUCH, "first_user"))
         ]
