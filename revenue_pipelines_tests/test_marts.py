@@ -446,3 +446,29 @@ def test_every_amount_is_converted_at_its_own_dates_rate_at_scale():
         valid = [rate for valid_from, currency, rate in table if currency == row["currency"] and valid_from <= on]
         expected = round(row["amount"] * valid[-1], 2) if valid else None
         assert row["amount_usd"] == expected, row
+
+
+def test_a_pipeline_specific_stage_row_wins_over_the_any_pipeline_row():
+    enterprise = pl.DataFrame(
+        [("hubspot", "enterprise", "closedwon", "Closed Won (enterprise)", 6, True, True)],
+        schema=STAGE_SCHEMA,
+        orient="row",
+    )
+    stages = pl.concat([STAGE_MAPPING, enterprise])
+    deals = hubspot_deals().with_columns(
+        pipeline=pl.when(pl.col("id") == 2).then(pl.lit("enterprise")).otherwise(pl.col("pipeline"))
+    )
+    rates = pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)
+    frame = pipeline_frame(
+        deals.lazy(),
+        hubspot_contacts().lazy(),
+        salesforce_opportunities().lazy(),
+        identity().lazy(),
+        stages,
+        rates,
+        CHANNEL_MAPPING,
+    ).collect()
+    stage = dict(frame.select("deal_key", "unified_stage").iter_rows())
+    assert stage["hubspot:2"] == "Closed Won (enterprise)"
+    assert stage["hubspot:3"] == "Negotiation"  # the default pipeline: the `*` row
+    assert stage["hubspot:4"] is None

@@ -110,6 +110,21 @@ def with_usd_rate(frame: pl.LazyFrame, rates: pl.DataFrame, on: str) -> pl.LazyF
     )
 
 
+def _with_stage(deals: pl.LazyFrame, stages: pl.DataFrame) -> pl.LazyFrame:
+    """`deals` with their unified stage: the mapping's row for the deal's pipeline, else its `*` row."""
+    fallback = stages.filter(pl.col("pipeline") == ANY_PIPELINE).drop("pipeline").lazy()
+    exact = stages.filter(pl.col("pipeline") != ANY_PIPELINE)
+    if exact.is_empty():  # the usual case: one join, not two
+        return deals.join(fallback, on=["system", "stage"], how="left")
+    columns = [name for name in fallback.collect_schema() if name not in ("system", "stage")]
+    return (
+        deals.join(exact.lazy(), on=["system", "pipeline", "stage"], how="left")
+        .join(fallback, on=["system", "stage"], how="left", suffix="_any")
+        .with_columns(pl.coalesce(name, f"{name}_any").alias(name) for name in columns)
+        .drop(f"{name}_any" for name in columns)
+    )
+
+
 def pipeline_frame(
     hubspot_deals: pl.LazyFrame,
     hubspot_contacts: pl.LazyFrame,
@@ -186,15 +201,10 @@ def pipeline_frame(
     accounts = identity.select(
         PARTITION_COLUMN, pl.col("system"), pl.col("record_id").alias("account_record"), "account_id"
     )
-    exact = stages.lazy().filter(pl.col("pipeline") != ANY_PIPELINE)
-    fallback = stages.lazy().filter(pl.col("pipeline") == ANY_PIPELINE).drop("pipeline")
     stage_columns = ["unified_stage", "stage_order", "is_closed", "is_won"]
     deals = (
         deals.join(accounts, on=[PARTITION_COLUMN, "system", "account_record"], how="left")
-        .join(exact, on=["system", "pipeline", "stage"], how="left")
-        .join(fallback, on=["system", "stage"], how="left", suffix="_any")
-        .with_columns(pl.coalesce(name, f"{name}_any").alias(name) for name in stage_columns)
-        .drop(f"{name}_any" for name in stage_columns)
+        .pipe(_with_stage, stages)
         .with_columns(
             converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
         )
@@ -545,36 +555,32 @@ def accounts_frame(
     for part in (salesforce, hubspot, invoices, pipeline_totals):
         joined = joined.join(part, on=keys, how="left")
     money = ["arr_usd", "open_pipeline_usd", "won_revenue_usd"]
-    return (
-        joined.with_columns(pl.col(*money).fill_null(0.0).round(2), pl.col("open_deals").fill_null(0))
-        .select(
-            PARTITION_COLUMN,
-            "account_id",
-            name=pl.coalesce("salesforce_name", "hubspot_name", "billing_name"),
-            owner=pl.coalesce("salesforce_owner", "hubspot_owner"),
-            industry=pl.coalesce("salesforce_industry", "hubspot_industry"),
-            employees=pl.coalesce("salesforce_employees", "hubspot_employees"),
-            segment=segment_of(pl.coalesce("salesforce_employees", "hubspot_employees")),
-            lifecycle_stage=pl.coalesce(
-                "lifecycle_stage",
-                pl.when(pl.col("won_revenue_usd") > 0)
-                .then(pl.lit("customer"))
-                .when(pl.col("open_deals") > 0)
-                .then(pl.lit("opportunity")),
-            ),
-            arr_usd="arr_usd",
-            open_pipeline_usd="open_pipeline_usd",
-            won_revenue_usd="won_revenue_usd",
-            open_deals="open_deals",
-            last_activity_at=pl.max_horizontal(
-                "salesforce_changed_at", "hubspot_changed_at", "billing_changed_at", "deals_changed_at"
-            ),
-            salesforce_records="salesforce_records",
-            hubspot_records="hubspot_records",
-            billing_records="billing_records",
-            low_confidence_match="low_confidence",
-        )
-        .sort(PARTITION_COLUMN, "account_id")
+    return joined.with_columns(pl.col(*money).fill_null(0.0).round(2), pl.col("open_deals").fill_null(0)).select(
+        PARTITION_COLUMN,
+        "account_id",
+        name=pl.coalesce("salesforce_name", "hubspot_name", "billing_name"),
+        owner=pl.coalesce("salesforce_owner", "hubspot_owner"),
+        industry=pl.coalesce("salesforce_industry", "hubspot_industry"),
+        employees=pl.coalesce("salesforce_employees", "hubspot_employees"),
+        segment=segment_of(pl.coalesce("salesforce_employees", "hubspot_employees")),
+        lifecycle_stage=pl.coalesce(
+            "lifecycle_stage",
+            pl.when(pl.col("won_revenue_usd") > 0)
+            .then(pl.lit("customer"))
+            .when(pl.col("open_deals") > 0)
+            .then(pl.lit("opportunity")),
+        ),
+        arr_usd="arr_usd",
+        open_pipeline_usd="open_pipeline_usd",
+        won_revenue_usd="won_revenue_usd",
+        open_deals="open_deals",
+        last_activity_at=pl.max_horizontal(
+            "salesforce_changed_at", "hubspot_changed_at", "billing_changed_at", "deals_changed_at"
+        ),
+        salesforce_records="salesforce_records",
+        hubspot_records="hubspot_records",
+        billing_records="billing_records",
+        low_confidence_match="low_confidence",
     )
 
 
