@@ -29,7 +29,7 @@ import dagster as dg
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.resources import HubSpotResource
-from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables
+from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables, ReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
@@ -58,7 +58,7 @@ class Environment:
     salesforce: SalesforceResource
     ga4: GA4Resource
     bigquery_source: BigQuerySource
-    reference: CsvReferenceTables | BigQueryReferenceTables
+    reference: ReferenceTables
     io_manager: dg.ConfigurableIOManager
 
 

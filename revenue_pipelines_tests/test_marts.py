@@ -325,7 +325,7 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
             for id_, status, currency, cents, issued in invoice_rows
         ]
     )
-    deals = pipeline_frame(*_pipeline_inputs(rates))
+    deals = _pipeline_frame(rates)
 
     frame = accounts_frame(
         identity_rows.lazy(),
@@ -357,17 +357,22 @@ def test_accounts_unify_profile_arr_pipeline_and_last_activity(tmp_path):
 
 
 def _won_deals() -> pl.DataFrame:
-    rates = pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)
-    return pipeline_frame(*_pipeline_inputs(rates)).collect()
+    return _pipeline_frame(pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)).collect()
 
 
-def _pipeline_inputs(rates: pl.DataFrame) -> tuple:
-    return (
-        hubspot_deals().lazy(),
+def _pipeline_frame(
+    rates: pl.DataFrame,
+    deals: pl.DataFrame | None = None,
+    opportunities: pl.DataFrame | None = None,
+    stages: pl.DataFrame = STAGE_MAPPING,
+) -> pl.LazyFrame:
+    """`pipeline_frame` over the fixed data set, any of its inputs swapped."""
+    return pipeline_frame(
+        (hubspot_deals() if deals is None else deals).lazy(),
         hubspot_contacts().lazy(),
-        salesforce_opportunities().lazy(),
+        (salesforce_opportunities() if opportunities is None else opportunities).lazy(),
         identity().lazy(),
-        STAGE_MAPPING,
+        stages,
         rates,
         CHANNEL_MAPPING,
     )
@@ -430,15 +435,7 @@ def test_every_amount_is_converted_at_its_own_dates_rate_at_scale():
         CurrencyIsoCode=pl.Series(rng.choice(["EUR", "USD", "GBP"]) for _ in range(n)),
         CloseDate=pl.Series(closes),
     )
-    deals = pipeline_frame(
-        hubspot_deals().lazy(),
-        hubspot_contacts().lazy(),
-        opportunities.lazy(),
-        identity().lazy(),
-        STAGE_MAPPING,
-        rates,
-        CHANNEL_MAPPING,
-    ).collect()
+    deals = _pipeline_frame(rates, opportunities=opportunities).collect()
 
     table = sorted(rates.iter_rows())
     for row in deals.filter(pl.col("system") == "salesforce").iter_rows(named=True):
@@ -459,15 +456,7 @@ def test_a_pipeline_specific_stage_row_wins_over_the_any_pipeline_row():
         pipeline=pl.when(pl.col("id") == 2).then(pl.lit("enterprise")).otherwise(pl.col("pipeline"))
     )
     rates = pl.read_csv(RATES.encode(), schema=RATES_SCHEMA)
-    frame = pipeline_frame(
-        deals.lazy(),
-        hubspot_contacts().lazy(),
-        salesforce_opportunities().lazy(),
-        identity().lazy(),
-        stages,
-        rates,
-        CHANNEL_MAPPING,
-    ).collect()
+    frame = _pipeline_frame(rates, deals=deals, stages=stages).collect()
     stage = dict(frame.select("deal_key", "unified_stage").iter_rows())
     assert stage["hubspot:2"] == "Closed Won (enterprise)"
     assert stage["hubspot:3"] == "Negotiation"  # the default pipeline: the `*` row

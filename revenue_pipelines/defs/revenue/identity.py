@@ -4,7 +4,7 @@ billing account, day by day, with the links it refused in `revenue/core/account_
 import dagster as dg
 import polars as pl
 
-from revenue_pipelines.defs.revenue.resources import CsvReferenceTables
+from revenue_pipelines.defs.revenue.resources import ReferenceTables
 from revenue_pipelines.lib.account_matching import MAPPING, MAPPING_SCHEMA, SYSTEMS, match_accounts
 from revenue_pipelines.lib.current_state import HISTORY_SINCE, StateWindow, previous_day_input
 from revenue_pipelines.lib.identity import normalized_domain, normalized_name, salesforce_id_18
@@ -161,7 +161,7 @@ def account_identity(
     previous: pl.DataFrame | None,
 ):
     window = StateWindow.of(context, IDENTITY_KEY, previous)
-    reference: CsvReferenceTables = context.resources.reference
+    reference: ReferenceTables = context.resources.reference
     mapping = checked_mapping(reference.read("account_mapping", MAPPING_SCHEMA))
     prior = window.previous
     identities, conflicts = [], []

@@ -17,7 +17,7 @@ from revenue_pipelines.defs.revenue.identity import (
     IDENTITY_KEY,
     SALESFORCE_ACCOUNTS,
 )
-from revenue_pipelines.defs.revenue.resources import CsvReferenceTables
+from revenue_pipelines.defs.revenue.resources import ReferenceTables
 from revenue_pipelines.lib.account_matching import SYSTEMS
 from revenue_pipelines.lib.current_state import history_since
 from revenue_pipelines.lib.metadata import markdown_table
@@ -373,7 +373,7 @@ def pipeline(
     identity: pl.LazyFrame,
     billing_invoices: pl.LazyFrame,
 ):
-    reference: CsvReferenceTables = context.resources.reference
+    reference: ReferenceTables = context.resources.reference
     rates = reference.read("currency_rates", RATES_SCHEMA)
     deals = pipeline_frame(
         hubspot_deals,
@@ -613,7 +613,7 @@ def accounts(
     billing_invoices: pl.LazyFrame,
     deals: pl.LazyFrame,
 ) -> dg.MaterializeResult:
-    reference: CsvReferenceTables = context.resources.reference
+    reference: ReferenceTables = context.resources.reference
     frame = accounts_frame(
         identity,
         salesforce_accounts,

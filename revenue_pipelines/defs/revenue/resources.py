@@ -51,6 +51,10 @@ class BigQueryReferenceTables(dg.ConfigurableResource):
         return _conformed(self.warehouse.read(job).frame, table, schema)
 
 
+# What the assets ask of the `reference` resource, whichever the environment picked.
+ReferenceTables = CsvReferenceTables | BigQueryReferenceTables
+
+
 def _conformed(frame: pl.DataFrame, table: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """`frame` with exactly the declared columns and types, or a Failure naming the gaps."""
     missing = [name for name in schema if name not in frame.columns]
