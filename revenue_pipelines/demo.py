@@ -24,7 +24,8 @@ IN_PROCESS = str(Path(__file__).resolve().parents[1] / "deploy" / "in_process.ya
 
 
 def main() -> int:
-    os.environ.setdefault("DAGSTER_HOME", tempfile.mkdtemp(prefix="revenue_pipelines_demo_"))
+    if not os.environ.get("DAGSTER_HOME"):  # `make demo` sets it; a bare run gets a throwaway instance
+        os.environ["DAGSTER_HOME"] = tempfile.mkdtemp(prefix="revenue_pipelines_demo_")
     last_day = (datetime.now(UTC) - timedelta(days=1)).date()
     first_day = last_day - timedelta(days=DAYS - 1)
     range_tags = {
