@@ -77,6 +77,7 @@ def hubspot_deals() -> pl.DataFrame:
         (3, "contractsent", 300.0, "USD", None, O9, [13]),  # synced from an opportunity Salesforce no longer has
         (4, "mystery", 50.0, "USD", None, None, []),  # a stage nobody mapped
         (5, "qualifiedtobuy", 70.0, "CHF", None, None, [14]),  # a currency without a rate
+        (6, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, [11]),  # a second copy of O1: still counted once
     ]
     return pl.DataFrame(
         [
@@ -196,6 +197,7 @@ def build_pipeline(tmp_path: Path) -> tuple[dg.ExecuteInProcessResult, pl.DataFr
 def test_the_pipeline_counts_synced_deals_once_maps_stages_and_converts_at_the_right_rate(tmp_path):
     result, deals = build_pipeline(tmp_path)
     by_key = {row["deal_key"]: row for row in deals.to_dicts()}
+    assert deals.height == len(by_key)  # every deal once
     assert sorted(by_key) == [
         "hubspot:2",
         "hubspot:3",

@@ -181,13 +181,13 @@ def pipeline_frame(
         on=[PARTITION_COLUMN, "synced_from"],
         how="semi",
     )
-    salesforce = salesforce.join(
-        copies.select(
-            PARTITION_COLUMN, pl.col("synced_from").alias("deal_id"), pl.col("deal_id").alias("hubspot_deal_id")
-        ),
-        on=[PARTITION_COLUMN, "deal_id"],
-        how="left",
+    # One id per opportunity, should two deals claim it (a re-sync, a hand edit): it is still one deal.
+    copy_ids = (
+        copies.select(PARTITION_COLUMN, deal_id=pl.col("synced_from"), hubspot_deal_id=pl.col("deal_id"))
+        .group_by(PARTITION_COLUMN, "deal_id")
+        .agg(pl.col("hubspot_deal_id").min())
     )
+    salesforce = salesforce.join(copy_ids, on=[PARTITION_COLUMN, "deal_id"], how="left")
     hubspot = hubspot.join(copies.select(PARTITION_COLUMN, "deal_id"), on=[PARTITION_COLUMN, "deal_id"], how="anti")
     contact_sources = hubspot_contacts.select(
         PARTITION_COLUMN,
