@@ -110,6 +110,13 @@ def with_usd_rate(frame: pl.LazyFrame, rates: pl.DataFrame, on: str) -> pl.LazyF
     )
 
 
+def _accounts_of(identity: pl.LazyFrame, system: str, record_column: str) -> pl.LazyFrame:
+    """The account of each record of `system`, per day: the day, the record's id as `record_column`, `account_id`."""
+    return identity.filter(pl.col("system") == system).select(
+        PARTITION_COLUMN, pl.col("record_id").alias(record_column), "account_id"
+    )
+
+
 def _with_stage(deals: pl.LazyFrame, stages: pl.DataFrame) -> pl.LazyFrame:
     """`deals` with their unified stage: the mapping's row for the deal's pipeline, else its `*` row."""
     fallback = stages.filter(pl.col("pipeline") == ANY_PIPELINE).drop("pipeline").lazy()
@@ -196,18 +203,18 @@ def pipeline_frame(
         pl.col("hs_analytics_source_data_1").alias("campaign"),
     )
     hubspot = hubspot.join(contact_sources, on=[PARTITION_COLUMN, "first_contact"], how="left").drop("first_contact")
+    # The account per system, before the concat: a join on (day, record) costs half one on (day, system, record).
+    salesforce, hubspot = (
+        frame.join(
+            _accounts_of(identity, system, "account_record"), on=[PARTITION_COLUMN, "account_record"], how="left"
+        )
+        for frame, system in ((salesforce, "salesforce"), (hubspot, "hubspot"))
+    )
     deals = pl.concat([salesforce, hubspot.with_columns(hubspot_deal_id=pl.lit(None, pl.Utf8))], how="diagonal_relaxed")
 
-    accounts = identity.select(
-        PARTITION_COLUMN, pl.col("system"), pl.col("record_id").alias("account_record"), "account_id"
-    )
     stage_columns = ["unified_stage", "stage_order", "is_closed", "is_won"]
-    deals = (
-        deals.join(accounts, on=[PARTITION_COLUMN, "system", "account_record"], how="left")
-        .pipe(_with_stage, stages)
-        .with_columns(
-            converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
-        )
+    deals = deals.pipe(_with_stage, stages).with_columns(
+        converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
     )
     converted = with_usd_rate(with_channel(deals, channels), rates, "converted_on").with_columns(
         amount_usd=(pl.col("amount") * pl.col("usd_per_unit")).round(2)
@@ -472,10 +479,8 @@ def segment_of(employees: pl.Expr) -> pl.Expr:
 
 def _records_of(identity: pl.LazyFrame, system: str, records: pl.LazyFrame, id_column: pl.Expr) -> pl.LazyFrame:
     """`records` of `system` with the account each belongs to, per day."""
-    return (
-        identity.filter(pl.col("system") == system)
-        .select(PARTITION_COLUMN, "account_id", "record_id")
-        .join(records.with_columns(id_column.alias("record_id")), on=[PARTITION_COLUMN, "record_id"])
+    return _accounts_of(identity, system, "record_id").join(
+        records.with_columns(id_column.alias("record_id")), on=[PARTITION_COLUMN, "record_id"]
     )
 
 
