@@ -713,9 +713,11 @@ def measure(child: str, data_dir: Path, out_dir: Path) -> dict[str, float]:
     frame = step_frame(child, data_dir, out_dir)
     if child in ("pipeline", "accounts"):
         path = out_dir / f"{child}.parquet"
+        # Written as the Parquet IO manager writes (dagster-polars' defaults: zstd, no statistics).
         return _measured(
             lambda: (
-                frame.sink_parquet(path, engine="streaming") or pl.scan_parquet(path).select(pl.len()).collect().item()
+                frame.sink_parquet(path, engine="streaming", statistics=False)
+                or pl.scan_parquet(path).select(pl.len()).collect().item()
             )
         )
     return _measured(lambda: frame.collect(engine="streaming").height)
