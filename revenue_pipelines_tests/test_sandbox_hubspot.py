@@ -204,6 +204,27 @@ def test_list_associations_match_truth(sb):
     assert len(pairs) > 1000
 
 
+def test_a_deal_has_the_original_source_of_its_first_contact(sb):
+    """HubSpot sets a deal's Original Source Type from its contacts; the sandbox from the first (lowest
+    id). Archiving a contact removes its associations, so a deal whose first contact was archived shows
+    a source no live contact has: a few percent of deals, as 3-5% of contacts are archived."""
+    sources = ["hs_analytics_source", "hs_analytics_source_data_1"]
+    contacts = sb.hubspot.truth("contacts").select(
+        pl.col("id").alias("to_id"), *(pl.col(name).alias(f"contact_{name}") for name in sources)
+    )
+    first = sb.hubspot.truth_associations("deals", "contacts").group_by("from_id").agg(pl.col("to_id").min())
+    deals = (
+        sb.hubspot.truth("deals")
+        .select(pl.col("id").alias("from_id"), *sources)
+        .join(first, on="from_id")
+        .join(contacts, on="to_id")
+    )
+    same = deals.filter(pl.all_horizontal(pl.col(name).eq_missing(pl.col(f"contact_{name}")) for name in sources))
+    assert deals.height > 400
+    assert same.height >= 0.9 * deals.height
+    assert deals["hs_analytics_source"].n_unique() > 3
+
+
 def test_search_pages_a_window_by_object_id(sb):
     start, end = sb.hubspot.window[0] + timedelta(days=10), sb.hubspot.window[0] + timedelta(days=15)
     api = client(sb).crm.contacts.search_api

@@ -96,9 +96,12 @@ SCHEMAS: dict[str, tuple[Property, ...]] = {
         _choice("deal_currency_code", "Currency"),
         _datetime("closedate", "Close Date"),
         _text("hs_salesforceopportunityid", "Salesforce Opportunity ID"),
+        _choice("hs_analytics_source", "Original Source Type"),
+        _text("hs_analytics_source_data_1", "Original Source Drill-Down 1"),
         *_bookkeeping("hs_lastmodifieddate"),
     ),
 }
+DEAL_SOURCE_PROPERTIES = ("hs_analytics_source", "hs_analytics_source_data_1")
 
 # First id of each object type; ids then climb in creation order with random gaps.
 FIRST_ID = {"contacts": 101, "companies": 5_000_000_001, "deals": 9_000_000_001}
@@ -285,8 +288,14 @@ def generate_portal(
         "contacts": _contact_properties(draws, contact_company, company_props),
         "deals": _deal_properties(draws, deal_company, company_props["name"], lifecycles["deals"]),
     }
-    frames = {name: _assemble(name, ids[name], lifecycles[name], properties[name]).sort("id") for name in OBJECT_TYPES}
     deal_contacts = _deal_contacts(draws, deal_company, contact_company)
+    contact_sources = pl.DataFrame(
+        {"id": ids["contacts"], **{name: properties["contacts"][name] for name in DEAL_SOURCE_PROPERTIES}}
+    )
+    properties["deals"] |= _deal_sources(
+        counts["deals"], deal_contacts["deal"], ids["contacts"].gather(deal_contacts["contact"]), contact_sources
+    )
+    frames = {name: _assemble(name, ids[name], lifecycles[name], properties[name]).sort("id") for name in OBJECT_TYPES}
     pairs = {
         ("contacts", "companies"): (ids["contacts"], ids["companies"].gather(contact_company)),
         ("deals", "companies"): (ids["deals"], ids["companies"].gather(deal_company)),
@@ -361,6 +370,10 @@ def add_mirrored_deals(
     native = deals.frame
     ids = climbing_ids(draws, FIRST_ID["deals"], pl.concat([native["created_at"].dt.epoch("ms"), lifecycle["created"]]))
     native_ids, mirror_ids = ids.head(native.height), ids.tail(n)
+    contact_companies = portal.associations["contacts", "companies"]
+    picks = _deal_contacts(draws, mirrored["hubspot_company_id"], contact_companies["to_id"])
+    picked_contacts = contact_companies["from_id"].gather(picks["contact"])
+    properties |= _deal_sources(n, picks["deal"], picked_contacts, frames["contacts"])
     frames["deals"] = pl.concat(
         [
             native.with_columns(id=native_ids, hs_object_id=native_ids.cast(pl.String)),
@@ -368,14 +381,12 @@ def add_mirrored_deals(
         ]
     ).sort("id")
 
-    contact_companies = portal.associations["contacts", "companies"]
-    picks = _deal_contacts(draws, mirrored["hubspot_company_id"], contact_companies["to_id"])
     added = {
         "companies": pl.DataFrame({"from_id": mirror_ids, "to_id": mirrored["hubspot_company_id"]}),
         "contacts": pl.DataFrame(
             {
                 "from_id": mirror_ids.gather(picks["deal"]),
-                "to_id": contact_companies["from_id"].gather(picks["contact"]),
+                "to_id": picked_contacts,
             }
         ),
     }
@@ -548,6 +559,20 @@ def _deal_properties(
         "hs_salesforceopportunityid": pl.repeat(None, n, dtype=pl.String, eager=True),  # HubSpot's own deals
         "hubspot_owner_id": draws.pick(OWNER_IDS, n),
     }
+
+
+def _deal_sources(n: int, deal: pl.Series, contact_id: pl.Series, contacts: pl.DataFrame) -> dict[str, pl.Series]:
+    """The Original Source Type and Drill-Down 1 of `n` deals, given as (deal index, contact id) pairs:
+    those of each deal's first contact (the lowest id, the earliest created), as HubSpot sets a deal's
+    source from its contacts'. None for a deal without contacts."""
+    first = pl.DataFrame({"deal": deal, "id": contact_id}).group_by("deal").agg(pl.col("id").min())
+    sources = (
+        pl.DataFrame({"deal": pl.arange(0, n, dtype=deal.dtype, eager=True)})
+        .join(first, on="deal", how="left")
+        .join(contacts.select("id", *DEAL_SOURCE_PROPERTIES), on="id", how="left")
+        .sort("deal")
+    )
+    return {name: sources[name] for name in DEAL_SOURCE_PROPERTIES}
 
 
 def _deal_contacts(draws: Draws, deal_company: pl.Series, contact_company: pl.Series) -> pl.DataFrame:
