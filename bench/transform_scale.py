@@ -82,7 +82,8 @@ MANIFEST = "manifest.json"
 USED_COLUMNS = {
     "hubspot/core/deals": [
         *("id", "dealname", "pipeline", "dealstage", "amount", "deal_currency_code", "createdate", "closedate"),
-        *("hubspot_owner_id", "contact_ids", "company_ids", "hs_salesforceopportunityid", "changed_at"),
+        *("hubspot_owner_id", "company_ids", "hs_salesforceopportunityid", "hs_analytics_source"),
+        *("hs_analytics_source_data_1", "changed_at"),
     ],
     "hubspot/core/contacts": ["id", "hs_analytics_source", "hs_analytics_source_data_1", "createdate"],
     "hubspot/core/companies": [
@@ -388,6 +389,15 @@ def _stage_columns(rng: np.random.Generator, n: int, open_stages: list[str], won
     )
 
 
+def _hubspot_source(rng: np.random.Generator, n: int) -> tuple[pl.Series, pl.Series]:
+    """HubSpot's original source (some unknown) and its drill-down, the GA4 campaign of its medium."""
+    source = rng.integers(0, len(HUBSPOT_SOURCES) + 1, n)  # the last: no source known
+    medium = [MEDIUM_NAMES.index(medium) if medium else -1 for medium in HUBSPOT_SOURCES.values()] + [-1]
+    medium_of = np.asarray(medium)[source]
+    campaign = np.where(medium_of >= 0, _campaign_of(np.maximum(medium_of, 0), rng.random(n)), len(CAMPAIGNS))
+    return _pick([*HUBSPOT_SOURCES, None], source), _pick([*CAMPAIGNS, None], campaign)
+
+
 def crm_chunk(layer: str, seed: int, lo: int, hi: int, sizes: dict[str, int]) -> pl.DataFrame:
     """Rows `lo`..`hi` of one CRM state of the last day; ids point at rows of the other states."""
     rng = np.random.default_rng([seed, 2, list(sizes).index(layer), lo])
@@ -400,6 +410,7 @@ def crm_chunk(layer: str, seed: int, lo: int, hi: int, sizes: dict[str, int]) ->
         stage, created, close = _stage_columns(rng, n, HUBSPOT_OPEN, "closedwon", "closedlost")
         contacts = pl.Series(rng.integers(1, sizes["hubspot/core/contacts"] + 1, (n, 3)))
         synced = rng.random(n) < 0.2  # a copy of a Salesforce opportunity (some no longer there)
+        source, campaign = _hubspot_source(rng, n)  # as HubSpot sets it from the deal's contacts
         frame = frame.select(
             id=pl.col("number") + 1,
             dealname=pl.concat_str(pl.lit("Deal "), pl.col("number").cast(pl.Utf8)),
@@ -415,6 +426,8 @@ def crm_chunk(layer: str, seed: int, lo: int, hi: int, sizes: dict[str, int]) ->
             hs_salesforceopportunityid=pl.when(pl.Series(synced)).then(
                 _salesforce_id("006", pl.Series(rng.integers(0, int(sizes["salesforce/core/opportunities"] * 1.05), n)))
             ),
+            hs_analytics_source=source,
+            hs_analytics_source_data_1=campaign,
             archived=pl.lit(False),
             changed_at=changed,
         )
@@ -437,18 +450,15 @@ def crm_chunk(layer: str, seed: int, lo: int, hi: int, sizes: dict[str, int]) ->
             changed_at=changed,
         )
     elif layer == "hubspot/core/contacts":
-        source = rng.integers(0, len(HUBSPOT_SOURCES) + 1, n)  # the last: no source known
-        medium = [MEDIUM_NAMES.index(medium) if medium else -1 for medium in HUBSPOT_SOURCES.values()] + [-1]
-        medium_of = np.asarray(medium)[source]
-        campaign = np.where(medium_of >= 0, _campaign_of(np.maximum(medium_of, 0), rng.random(n)), len(CAMPAIGNS))
+        source, campaign = _hubspot_source(rng, n)
         frame = frame.select(
             id=pl.col("number") + 1,
             email=pl.concat_str(pl.lit("contact"), pl.col("number").cast(pl.Utf8), pl.lit("@example.org")),
             firstname=pl.lit("Alex"),
             lastname=pl.concat_str(pl.lit("Contact "), pl.col("number").cast(pl.Utf8)),
             lifecyclestage=_pick(LIFECYCLE, rng.integers(0, len(LIFECYCLE), n)),
-            hs_analytics_source=_pick([*HUBSPOT_SOURCES, None], source),
-            hs_analytics_source_data_1=_pick([*CAMPAIGNS, None], campaign),
+            hs_analytics_source=source,
+            hs_analytics_source_data_1=campaign,
             createdate=_utc(pl.Series(_days_before_end(rng, n, 1095))),
             hubspot_owner_id=pl.Series(rng.integers(1000, 1000 + sizes["salesforce/core/users"], n)),
             changed_at=changed,
@@ -635,7 +645,6 @@ def step_frame(step: str, data_dir: Path, out_dir: Path) -> pl.LazyFrame:
     if step == "pipeline":
         return pipeline_frame(
             _scan(data_dir, "hubspot/core/deals"),
-            _scan(data_dir, "hubspot/core/contacts"),
             _scan(data_dir, "salesforce/core/opportunities"),
             _scan(data_dir, "revenue/core/account_identity"),
             STAGE_MAPPING,

@@ -8,7 +8,7 @@ import pytest
 
 from revenue_pipelines.defs.bigquery.assets import billing_invoices, billing_invoices_state
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
-from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_contacts, hubspot_deals, hubspot_states
+from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_deals, hubspot_states
 from revenue_pipelines.defs.revenue.identity import (
     CONFLICTS_KEY,
     IDENTITY_KEY,
@@ -252,10 +252,10 @@ def test_the_sandbox_shared_accounts_are_matched_and_every_record_has_one_accoun
     }
     billing_assets = [billing_invoices, billing_invoices_state]
     crm_assets = [
-        hubspot_contacts,
         hubspot_companies,
         hubspot_deals,
-        *hubspot_states,
+        hubspot_states[1],  # companies
+        hubspot_states[2],  # deals
         salesforce_accounts,
         salesforce_opportunities,
         salesforce_states[0],

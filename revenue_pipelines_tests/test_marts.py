@@ -13,7 +13,6 @@ from revenue_pipelines.defs.revenue.marts import (
     AMOUNTS_CONVERTED,
     BILLING_INVOICES,
     CHANNEL_MAPPING,
-    HUBSPOT_CONTACTS,
     HUBSPOT_DEALS,
     PIPELINE_KEY,
     RATES_SCHEMA,
@@ -70,14 +69,16 @@ def salesforce_opportunities() -> pl.DataFrame:
 
 
 def hubspot_deals() -> pl.DataFrame:
+    paid_search = ("PAID_SEARCH", "brand-search-q4")
     rows = [
-        # id, dealstage, amount, currency, closedate, synced from, contacts
-        (1, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, [11]),  # the copy of O1: counted once, as O1
-        (2, "closedwon", 200.0, "GBP", _utc(2026, 3, 1), None, [12, 11]),
-        (3, "contractsent", 300.0, "USD", None, O9, [13]),  # synced from an opportunity Salesforce no longer has
-        (4, "mystery", 50.0, "USD", None, None, []),  # a stage nobody mapped
-        (5, "qualifiedtobuy", 70.0, "CHF", None, None, [14]),  # a currency without a rate
-        (6, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, [11]),  # a second copy of O1: still counted once
+        # id, dealstage, amount, currency, closedate, synced from, (original source type, drill-down 1)
+        (1, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, paid_search),  # the copy of O1: counted once, as O1
+        (2, "closedwon", 200.0, "GBP", _utc(2026, 3, 1), None, paid_search),
+        # Synced from an opportunity Salesforce no longer has; a source the channel mapping lacks.
+        (3, "contractsent", 300.0, "USD", None, O9, ("SOMETHING_NEW", None)),
+        (4, "mystery", 50.0, "USD", None, None, (None, None)),  # a stage nobody mapped, no source
+        (5, "qualifiedtobuy", 70.0, "CHF", None, None, ("REFERRALS", "g2-reviews")),  # a currency without a rate
+        (6, "closedwon", 1000.0, "EUR", _utc(2026, 2, 15), O1, paid_search),  # a second copy of O1: still counted once
     ]
     return pl.DataFrame(
         [
@@ -92,32 +93,20 @@ def hubspot_deals() -> pl.DataFrame:
                 "createdate": _utc(2026, 1, 5),
                 "hubspot_owner_id": 77,
                 "company_ids": [501],
-                "contact_ids": contacts,
                 "hs_salesforceopportunityid": synced,
+                "hs_analytics_source": source,
+                "hs_analytics_source_data_1": drill_down,
                 "changed_at": _utc(2026, 3, 2),
                 PARTITION_COLUMN: DAY,
             }
-            for id_, stage, amount, currency, close, synced, contacts in rows
+            for id_, stage, amount, currency, close, synced, (source, drill_down) in rows
         ],
         schema_overrides={
             "closedate": pl.Datetime("ms", "UTC"),
             "hs_salesforceopportunityid": pl.Utf8,
-            "contact_ids": pl.List(pl.Int64),
+            "hs_analytics_source": pl.Utf8,
+            "hs_analytics_source_data_1": pl.Utf8,
         },
-    )
-
-
-def hubspot_contacts() -> pl.DataFrame:
-    """Contacts with their original source: paid search, a source the mapping lacks, none."""
-    sources = {11: "PAID_SEARCH", 12: None, 13: "SOMETHING_NEW", 14: "REFERRALS"}
-    return pl.DataFrame(
-        {
-            "id": list(sources),
-            "hs_analytics_source": list(sources.values()),
-            "hs_analytics_source_data_1": ["brand-search-q4", None, None, "g2-reviews"],
-            PARTITION_COLUMN: [DAY] * len(sources),
-        },
-        schema_overrides={"hs_analytics_source": pl.Utf8},
     )
 
 
@@ -168,7 +157,6 @@ def build_pipeline(tmp_path: Path) -> tuple[dg.ExecuteInProcessResult, pl.DataFr
     io_manager = PartitionedParquetIOManager(base_dir=str(tmp_path / "data"))
     inputs = {
         HUBSPOT_DEALS: hubspot_deals(),
-        HUBSPOT_CONTACTS: hubspot_contacts(),
         SALESFORCE_OPPORTUNITIES: salesforce_opportunities(),
         IDENTITY_KEY: identity(),
         BILLING_INVOICES: invoices(*BILLED_IN_FULL),
@@ -221,7 +209,7 @@ def test_the_pipeline_counts_synced_deals_once_maps_stages_and_converts_at_the_r
     assert channels == {
         f"salesforce:{O1}": "Direct",  # LeadSource Web
         f"salesforce:{O2}": "Referral",  # Partner Referral
-        "hubspot:2": "Paid Search",  # its first contact (11) came from paid search
+        "hubspot:2": "Paid Search",  # HubSpot's Original Source Type PAID_SEARCH
         "hubspot:3": "Other",  # a source the mapping lacks
         "hubspot:4": "Unattributed",  # no contact
         "hubspot:5": "Referral",
@@ -371,7 +359,6 @@ def _pipeline_frame(
     """`pipeline_frame` over the fixed data set, any of its inputs swapped."""
     return pipeline_frame(
         (hubspot_deals() if deals is None else deals).lazy(),
-        hubspot_contacts().lazy(),
         (salesforce_opportunities() if opportunities is None else opportunities).lazy(),
         identity().lazy(),
         stages,

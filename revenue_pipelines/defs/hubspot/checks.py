@@ -61,4 +61,6 @@ class Deal(HubSpotRecord):
     deal_currency_code: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
     closedate: UTC_MS = pa.Field(nullable=True)
     hs_salesforceopportunityid: pl.Utf8 = pa.Field(nullable=True, str_matches=r"^[a-zA-Z0-9]{18}$")
+    hs_analytics_source: pl.Utf8 = pa.Field(nullable=True)  # Original Source Type, from the deal's contacts
+    hs_analytics_source_data_1: pl.Utf8 = pa.Field(nullable=True)
     hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)

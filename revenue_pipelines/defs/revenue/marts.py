@@ -27,7 +27,6 @@ from revenue_pipelines.lib.raw_assets import OWNERS
 PIPELINE_KEY = dg.AssetKey(["revenue", "marts", "pipeline"])
 ACCOUNTS_KEY = dg.AssetKey(["revenue", "marts", "accounts"])
 HUBSPOT_DEALS = dg.AssetKey(["hubspot", "core", "deals"])
-HUBSPOT_CONTACTS = dg.AssetKey(["hubspot", "core", "contacts"])
 SALESFORCE_OPPORTUNITIES = dg.AssetKey(["salesforce", "core", "opportunities"])
 SALESFORCE_USERS = dg.AssetKey(["salesforce", "core", "users"])
 ARR_WINDOW_DAYS = 365
@@ -134,7 +133,6 @@ def _with_stage(deals: pl.LazyFrame, stages: pl.DataFrame) -> pl.LazyFrame:
 
 def pipeline_frame(
     hubspot_deals: pl.LazyFrame,
-    hubspot_contacts: pl.LazyFrame,
     salesforce_opportunities: pl.LazyFrame,
     identity: pl.LazyFrame,
     stages: pl.DataFrame,
@@ -146,7 +144,8 @@ def pipeline_frame(
     A HubSpot deal synced from a Salesforce opportunity (`hs_salesforceopportunityid`) is that
     opportunity, counted once, as Salesforce has it. Amounts are converted at the rate of the close
     date for closed deals, of the day for open ones. The channel is where the deal's lead came
-    from: the opportunity's LeadSource, or the original source of the HubSpot deal's first contact.
+    from: the opportunity's LeadSource, or the HubSpot deal's Original Source Type (HubSpot sets it
+    from the deal's contacts), with its drill-down as the campaign.
     """
     salesforce = salesforce_opportunities.select(
         PARTITION_COLUMN,
@@ -177,7 +176,8 @@ def pipeline_frame(
         created_at=pl.col("createdate"),
         close_date=pl.col("closedate").dt.date(),
         owner_id=pl.col("hubspot_owner_id").cast(pl.Utf8),
-        first_contact=pl.col("contact_ids").list.min(),
+        source=pl.col("hs_analytics_source"),
+        campaign=pl.col("hs_analytics_source_data_1"),
         account_record=pl.col("company_ids").list.min().cast(pl.Utf8),
         synced_from=pl.col("hs_salesforceopportunityid"),
         changed_at=pl.col("changed_at"),
@@ -196,13 +196,6 @@ def pipeline_frame(
     )
     salesforce = salesforce.join(copy_ids, on=[PARTITION_COLUMN, "deal_id"], how="left")
     hubspot = hubspot.join(copies.select(PARTITION_COLUMN, "deal_id"), on=[PARTITION_COLUMN, "deal_id"], how="anti")
-    contact_sources = hubspot_contacts.select(
-        PARTITION_COLUMN,
-        pl.col("id").alias("first_contact"),
-        pl.col("hs_analytics_source").alias("source"),
-        pl.col("hs_analytics_source_data_1").alias("campaign"),
-    )
-    hubspot = hubspot.join(contact_sources, on=[PARTITION_COLUMN, "first_contact"], how="left").drop("first_contact")
     # The account per system, before the concat: a join on (day, record) costs half one on (day, system, record).
     salesforce, hubspot = (
         frame.join(
@@ -341,7 +334,6 @@ MART_DEFAULTS = {
     ),
     ins={
         "hubspot_deals": dg.AssetIn(HUBSPOT_DEALS),
-        "hubspot_contacts": dg.AssetIn(HUBSPOT_CONTACTS),
         "salesforce_opportunities": dg.AssetIn(SALESFORCE_OPPORTUNITIES),
         "identity": dg.AssetIn(IDENTITY_KEY),
         "billing_invoices": dg.AssetIn(BILLING_INVOICES),
@@ -375,7 +367,6 @@ def pipeline(
     context: dg.AssetExecutionContext,
     config: PipelineConfig,
     hubspot_deals: pl.LazyFrame,
-    hubspot_contacts: pl.LazyFrame,
     salesforce_opportunities: pl.LazyFrame,
     identity: pl.LazyFrame,
     billing_invoices: pl.LazyFrame,
@@ -384,7 +375,6 @@ def pipeline(
     rates = reference.read("currency_rates", RATES_SCHEMA)
     deals = pipeline_frame(
         hubspot_deals,
-        hubspot_contacts,
         salesforce_opportunities,
         identity,
         STAGE_MAPPING,

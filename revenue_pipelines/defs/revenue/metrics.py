@@ -9,7 +9,6 @@ from revenue_pipelines.defs.bigquery.assets import EVENTS_KEY
 from revenue_pipelines.defs.revenue.marts import (
     ACCOUNTS_KEY,
     CHANNEL_MAPPING,
-    HUBSPOT_CONTACTS,
     MART_DEFAULTS,
     PIPELINE_KEY,
     UNKNOWN_SEGMENT,
@@ -20,6 +19,7 @@ from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 
 METRICS_KEY = dg.AssetKey(["revenue", "marts", "daily_revenue_metrics"])
 ATTRIBUTION_KEY = dg.AssetKey(["revenue", "marts", "channel_attribution"])
+HUBSPOT_CONTACTS = dg.AssetKey(["hubspot", "core", "contacts"])
 SALESFORCE_LEADS = dg.AssetKey(["salesforce", "core", "leads"])
 FIRST_TOUCH, LAST_TOUCH = "first_touch", "last_touch"
 FUNNEL = ("sessions", "leads", "opportunities", "won_deals")
