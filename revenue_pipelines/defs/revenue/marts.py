@@ -528,7 +528,7 @@ def accounts_frame(
         .group_by(keys)
         .agg(
             billing_name=pl.col("billing_account_name").first(),
-            arr_usd=(pl.col("subtotal_cents") / 100 * pl.col("usd_per_unit")).filter(pl.col("in_arr_window")).sum(),
+            arr_usd=pl.when("in_arr_window").then(pl.col("subtotal_cents") / 100 * pl.col("usd_per_unit")).sum(),
             billing_changed_at=pl.col("changed_at").max().cast(pl.Datetime("ms", "UTC")),
         )
     )
@@ -536,8 +536,8 @@ def accounts_frame(
         deals.filter(pl.col("account_id").is_not_null())
         .group_by(keys)
         .agg(
-            open_pipeline_usd=pl.col("amount_usd").filter(~pl.col("is_closed").fill_null(False)).sum(),
-            won_revenue_usd=pl.col("amount_usd").filter(pl.col("is_won").fill_null(False)).sum(),
+            open_pipeline_usd=pl.when(~pl.col("is_closed").fill_null(False)).then("amount_usd").sum(),
+            won_revenue_usd=pl.when(pl.col("is_won").fill_null(False)).then("amount_usd").sum(),
             open_deals=(~pl.col("is_closed").fill_null(False)).sum().cast(pl.Int64),
             deals_changed_at=pl.col("changed_at").max(),
         )
