@@ -12,11 +12,13 @@ from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_dea
 from revenue_pipelines.defs.revenue.identity import (
     CONFLICTS_KEY,
     IDENTITY_KEY,
+    MAPPING_ROWS_FOUND,
     ONE_ACCOUNT_PER_RECORD,
     SALESFORCE_ACCOUNTS_MATCHED,
     account_identity,
     account_records,
     checked_mapping,
+    mapping_rows_found,
     one_account_per_record,
 )
 from revenue_pipelines.defs.revenue.marts import (
@@ -168,6 +170,20 @@ def test_the_mapping_table_links_what_no_rule_sees_and_outranks_the_rules():
     assert rule_of(matched.identity, "salesforce", ACME_SF) == ("mapping", "high")
 
 
+def test_a_mapping_row_naming_no_record_is_listed_with_a_warning():
+    mapping = checked_mapping(
+        pl.DataFrame({"account_key": ["k", "k"], "system": ["hubspot", "hubspot"], "record_id": ["9", "404"]})
+    )
+    matched = match(hs=[(9, "Nine", "nine.com"), (10, "Ten", "ten.com")], mapping=mapping)
+    check = mapping_rows_found(mapping, matched.identity)
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description == (
+        "revenue/core/account_identity: record_id: 1 of the mapping table's 2 rows name no record; they link nothing"
+    )
+    assert "404" in check.metadata["rows"].value
+    assert mapping_rows_found(mapping.head(1), matched.identity).passed
+
+
 def test_a_record_under_two_account_keys_is_reported_and_fails_the_blocking_check():
     mapping = pl.DataFrame(
         {"account_key": ["a", "b"], "system": ["hubspot", "hubspot"], "record_id": ["9", "9"]}, schema=MAPPING_SCHEMA
@@ -282,6 +298,7 @@ def test_the_sandbox_shared_accounts_are_matched_and_every_record_has_one_accoun
     assert reconciliation.metadata["since"].value == first.isoformat()  # the CRM states began there
     assert reconciliation.metadata["won_usd"].value > 0
     assert checks[ONE_ACCOUNT_PER_RECORD].passed
+    assert checks[MAPPING_ROWS_FOUND].passed  # the repo's mapping table is empty
     unmatched = checks[SALESFORCE_ACCOUNTS_MATCHED]
     assert unmatched.severity == dg.AssetCheckSeverity.WARN
     assert not unmatched.passed  # the sandbox has Salesforce-only customers

@@ -19,6 +19,7 @@ HUBSPOT_COMPANIES = dg.AssetKey(["hubspot", "core", "companies"])
 BILLING_INVOICES = dg.AssetKey(["bigquery", "core", "billing_invoices"])
 ONE_ACCOUNT_PER_RECORD = "one_account_per_record"
 SALESFORCE_ACCOUNTS_MATCHED = "salesforce_accounts_matched"
+MAPPING_ROWS_FOUND = "mapping_rows_found"
 
 
 def account_records(
@@ -148,6 +149,14 @@ _COMMON = {
             asset=IDENTITY_KEY,
             description="Lists the Salesforce accounts no other record matched (warns; they still get an account).",
         ),
+        dg.AssetCheckSpec(
+            MAPPING_ROWS_FOUND,
+            asset=IDENTITY_KEY,
+            description=(
+                "Lists the mapping table's rows that name no record of the last day, a typo or a deleted record "
+                "(warns; such a row links nothing)."
+            ),
+        ),
     ],
     partitions_def=DAILY_INGESTION,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -202,6 +211,7 @@ def account_identity(
     )
     yield one_account_per_record(identity, conflict)
     yield salesforce_accounts_matched(latest)
+    yield mapping_rows_found(mapping, latest)
 
 
 def one_account_per_record(identity: pl.DataFrame, conflicts: pl.DataFrame) -> dg.AssetCheckResult:
@@ -243,5 +253,26 @@ def salesforce_accounts_matched(latest: pl.DataFrame) -> dg.AssetCheckResult:
         metadata={
             "unmatched_salesforce_accounts": alone.height,
             "accounts": dg.MetadataValue.md(markdown_table(alone.select("record_id", "name", "domain"), limit=50)),
+        },
+    )
+
+
+def mapping_rows_found(mapping: pl.DataFrame, latest: pl.DataFrame) -> dg.AssetCheckResult:
+    """Warns with the mapping rows that name no record in `latest`, the identity of one day."""
+    missing = mapping.join(latest, on=["system", "record_id"], how="anti")
+    return dg.AssetCheckResult(
+        asset_key=IDENTITY_KEY,
+        check_name=MAPPING_ROWS_FOUND,
+        passed=missing.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{IDENTITY_KEY.to_user_string()}: record_id: {missing.height} of the mapping table's {mapping.height} "
+            "rows name no record; they link nothing"
+            if missing.height
+            else f"All {mapping.height} rows of the mapping table name a record."
+        ),
+        metadata={
+            "rows_without_a_record": missing.height,
+            "rows": dg.MetadataValue.md(markdown_table(missing, limit=50)),
         },
     )
