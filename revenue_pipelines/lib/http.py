@@ -1,8 +1,23 @@
-"""The transport retry every connector uses: the same statuses, backoff and Retry-After rules."""
+"""The transport retry every connector uses, and the one rule for failing fast on a wrong address.
 
+Transient trouble in the middle of a read (429, 5xx, a dropped connection) is retried patiently.
+A connector that has not yet had a single answer from its service is different: a refused
+connection, a name that does not resolve or a certificate that is not trusted then means the
+configuration is wrong, and no retry will fix it. Such a first contact gets two quick tries, then
+fails the step without step retries, naming the variable to fix (`unreachable`).
+"""
+
+import socket
+import ssl
+from collections.abc import Iterator
+
+import dagster as dg
 import urllib3
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 RETRYABLE_STATUSES = (429, 500, 502, 503, 504)
+FIRST_CONTACT_CONNECT_RETRIES = 2  # a restarting server gets a second; a wrong address fails in seconds
 
 
 def transport_retry(max_retries: int, backoff_factor_seconds: float, backoff_max_seconds: float) -> urllib3.Retry:
@@ -12,9 +27,11 @@ def transport_retry(max_retries: int, backoff_factor_seconds: float, backoff_max
     `backoff_factor_seconds` up to `backoff_max_seconds`, with jitter so parallel steps spread out.
     Every method is retried: the connectors only read, even where the API reads through a POST.
     The last failed response is returned rather than raised, so the client reports its own error.
+    A TLS failure is never retried: the same certificate comes back.
     """
     return urllib3.Retry(
         total=max_retries,
+        other=0,
         allowed_methods=None,
         status_forcelist=RETRYABLE_STATUSES,
         backoff_factor=backoff_factor_seconds,
@@ -23,3 +40,56 @@ def transport_retry(max_retries: int, backoff_factor_seconds: float, backoff_max
         respect_retry_after_header=True,
         raise_on_status=False,
     )
+
+
+def first_contact_retry(retry: urllib3.Retry) -> urllib3.Retry:
+    """`retry` for a connector's first request: connection errors get two quick tries, not minutes."""
+    return retry.new(connect=FIRST_CONTACT_CONNECT_RETRIES, backoff_max=min(retry.backoff_max, 2.0))
+
+
+def unreachable(service: str, url: str, variable: str, error: BaseException) -> dg.Failure | None:
+    """A non-retryable failure naming `variable` when `error` says `url` cannot be reached at all
+    (connection refused, DNS, TLS), else None. For a connector's first contact with its service."""
+    reason = _connection_failure(error)
+    if reason is None:
+        return None
+    return dg.Failure(
+        description=f"{service} is unreachable at {url}: {reason}. Check {variable}.",
+        allow_retries=False,
+    )
+
+
+def _connection_failure(error: BaseException) -> str | None:
+    """What kept the connection from being made, in words; None if it was made."""
+    causes = list(_causes(error))
+    for kinds, reason in (
+        ((Urllib3SSLError, ssl.SSLError), None),
+        ((NameResolutionError, socket.gaierror), "the host name does not resolve"),
+        ((ConnectionRefusedError,), "the connection was refused"),
+        ((NewConnectionError,), "no connection could be made"),
+    ):
+        found = next((cause for cause in causes if isinstance(cause, kinds)), None)
+        if found is not None:
+            return reason or f"the TLS handshake failed ({_ssl_reason(causes)})"
+    return None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error` and everything it wraps: causes, contexts, urllib3's `reason`, requests' first argument."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
+
+
+def _ssl_reason(causes: list[BaseException]) -> str:
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return str(getattr(cause, "verify_message", None) or cause.reason).lower().replace("_", " ")
+    return "the certificate or protocol was refused"
