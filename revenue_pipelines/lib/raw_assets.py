@@ -2,8 +2,9 @@
 
 Each source says what to read and which Pandera model the rows must meet; this module turns that
 into a daily-partitioned asset `[source, "raw", table]`, its quarantine `[source, "quarantine",
-table]` and a blocking check, so every source behaves the same in the UI, in backfills and when
-data is bad.
+table]`, a blocking check on what was quarantined and, where the model has soft rules, a WARN check
+on odd descriptive values, so every source behaves the same in the UI, in backfills and when data
+is bad.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -13,13 +14,24 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from revenue_pipelines.lib.metadata import markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
-from revenue_pipelines.lib.validation import Schema, as_schema, check_result, validate
+from revenue_pipelines.lib.validation import (
+    DEFAULT_MAX_QUARANTINED_SHARE,
+    MALFORMED_FIELDS,
+    Schema,
+    as_schema,
+    fields_check,
+    quarantine_check,
+    split_rules,
+    validate,
+)
 
 OWNERS = ["team:revops-data"]
 SCHEMA_CHECK = "rows_match_schema"
+FIELDS_CHECK = "fields_well_formed"
 CHANGED_AT = "changed_at"
 
 # Transient failures the connector's own retries did not absorb (a long outage, an expired
@@ -60,12 +72,14 @@ def raw_table_asset(
     partition_day: pl.Expr = CHANGED_DAY,
     key: Sequence[str] = ("id",),
     check_specs: Sequence[dg.AssetCheckSpec] = (),
+    max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
 ) -> dg.AssetsDefinition:
-    """A raw table of `source`, partitioned by day, with its quarantine and check.
+    """A raw table of `source`, partitioned by day, with its quarantine and checks.
 
     `partition_day` computes each row's day from the rows as received; `key` identifies a row
     within its day (the output is sorted by it); `check_specs` are the source's own checks,
-    evaluated by `read`.
+    evaluated by `read`; `max_quarantined_share` is the table's tolerance, which the launchpad's
+    config can override for a run.
     """
     raw_key = dg.AssetKey([source, "raw", table])
     quarantine_key = dg.AssetKey([source, "quarantine", table])
@@ -94,6 +108,26 @@ def raw_table_asset(
         **common,
     )
 
+    has_soft_rules = split_rules(as_schema(schema))[1] is not None
+    fields_spec = dg.AssetCheckSpec(
+        FIELDS_CHECK,
+        asset=raw_key,
+        description=(
+            "Descriptive fields (e-mails, domains, phones, codes, ids of other systems) are well formed. Warns "
+            f"only: rows with odd values are kept as received, and `{MALFORMED_FIELDS}` names their fields."
+        ),
+    )
+
+    table_default = max_quarantined_share  # a class body cannot see a parameter of its own field's name
+
+    class QuarantineTolerance(dg.Config):
+        max_quarantined_share: float = Field(
+            default=table_default,
+            ge=0,
+            le=1,
+            description="The share of a day's rows that may be quarantined before the blocking check fails.",
+        )
+
     @dg.multi_asset(
         name=f"{source}_{table}",
         # Outs rather than bare specs: the frames go through the IO manager, so they need a type.
@@ -107,10 +141,12 @@ def raw_table_asset(
                 asset=raw_key,
                 blocking=True,
                 description=(
-                    f"Every row meets {as_schema(schema).name}; fails, and blocks downstream, when any row "
-                    "is quarantined."
+                    f"Rows meet {as_schema(schema).name}'s hard rules. Fails, and blocks downstream, when a day "
+                    f"lost more than {max_quarantined_share:.0%} of its rows (max_quarantined_share) or every row "
+                    "failed; fewer quarantined rows are a warning."
                 ),
             ),
+            *([fields_spec] if has_soft_rules else []),
             *check_specs,
         ],
         partitions_def=DAILY_INGESTION,
@@ -119,7 +155,7 @@ def raw_table_asset(
         retry_policy=SOURCE_RETRY_POLICY,
         required_resource_keys={resource_key},
     )
-    def _raw_table(context: dg.AssetExecutionContext):
+    def _raw_table(context: dg.AssetExecutionContext, config: QuarantineTolerance):
         start, end = context.partition_time_window
         window_read = read(context, start, end)
         missing = {}
@@ -132,25 +168,48 @@ def raw_table_asset(
         raw = window_read.rows.with_columns(partition_day.alias(PARTITION_COLUMN))
         validated = validate(raw, schema)
         valid = validated.valid.sort(PARTITION_COLUMN, *key)
-        window = {"window_start": start.isoformat(), "window_end": end.isoformat()}
-        yield dg.MaterializeResult(
-            asset_key=raw_key,
-            value=valid,
-            metadata={
-                "rows": valid.height,
-                "quarantined_rows": validated.quarantined.height,
-                **window,
-                **window_read.metadata,
-                **missing,
-                "preview": dg.MetadataValue.md(markdown_table(valid)),
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=quarantine_key,
-            value=validated.quarantined,
-            metadata={"rows": validated.quarantined.height, **window},
-        )
-        yield check_result(raw_key, validated, SCHEMA_CHECK)
+        # A row whose own day cannot be told (its timestamp did not parse) is kept in the run's first day.
+        quarantined = validated.quarantined.with_columns(pl.col(PARTITION_COLUMN).fill_null(start.date()))
+        _describe_partitions(context, raw_key, quarantine_key, valid, quarantined)
+        yield dg.MaterializeResult(asset_key=raw_key, value=valid, metadata={**window_read.metadata, **missing})
+        yield dg.MaterializeResult(asset_key=quarantine_key, value=quarantined)
+        yield quarantine_check(raw_key, validated, SCHEMA_CHECK, config.max_quarantined_share)
+        if has_soft_rules:
+            yield fields_check(raw_key, validated, FIELDS_CHECK)
         yield from window_read.checks
 
     return _raw_table
+
+
+def _describe_partitions(
+    context: dg.AssetExecutionContext,
+    raw_key: dg.AssetKey,
+    quarantine_key: dg.AssetKey,
+    valid: pl.DataFrame,
+    quarantined: pl.DataFrame,
+) -> None:
+    """Each partition's own counts, window and preview: a range run writes a file per day, and each
+    day's materialization describes that day. What the read cost stays the run's, shared by its days."""
+    partitions_def = context.assets_def.partitions_def
+    assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
+    for partition_key in context.partition_keys:
+        window = partitions_def.time_window_for_partition_key(partition_key)
+        day = window.start.date()
+        kept = valid.filter(pl.col(PARTITION_COLUMN) == day)
+        held = quarantined.filter(pl.col(PARTITION_COLUMN) == day).height
+        bounds = {"window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
+        odd = {}
+        if MALFORMED_FIELDS in kept.columns:
+            odd = {"rows_with_malformed_fields": kept.filter(pl.col(MALFORMED_FIELDS).is_not_null()).height}
+        context.add_asset_metadata(
+            {
+                "rows": kept.height,
+                "quarantined_rows": held,
+                **odd,
+                **bounds,
+                "preview": dg.MetadataValue.md(markdown_table(kept)),
+            },
+            asset_key=raw_key,
+            partition_key=partition_key,
+        )
+        context.add_asset_metadata({"rows": held, **bounds}, asset_key=quarantine_key, partition_key=partition_key)

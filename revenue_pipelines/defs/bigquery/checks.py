@@ -4,7 +4,7 @@ import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-from revenue_pipelines.lib.validation import CURRENCY, EMAIL, UTC_US
+from revenue_pipelines.lib.validation import CURRENCY, EMAIL, SOFT, UTC_US
 
 INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 CRM_SOURCES = ("salesforce", "hubspot")
@@ -18,7 +18,7 @@ class BillingInvoice(pa.DataFrameModel):
     billing_account_name: pl.Utf8 = pa.Field(nullable=True)
     crm_source: pl.Utf8 = pa.Field(nullable=False, isin=CRM_SOURCES)  # null: the account is missing
     external_account_id: pl.Utf8 = pa.Field(nullable=True)
-    billing_email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL)
+    billing_email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL, metadata=SOFT)
     crm_deal_id: pl.Utf8 = pa.Field(nullable=True)
     status: pl.Utf8 = pa.Field(nullable=False, isin=INVOICE_STATUSES)
     currency: pl.Utf8 = pa.Field(nullable=False, str_matches=CURRENCY)
@@ -62,7 +62,7 @@ class GA4Event(pa.DataFrameModel):
     engagement_time_msec: pl.Int64 = pa.Field(nullable=True, ge=0)
     page_location: pl.Utf8 = pa.Field(nullable=True)
     value: pl.Float64 = pa.Field(nullable=True)
-    currency: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
+    currency: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY, metadata=SOFT)
 
     class Config:
         strict = False  # the other export fields and the partition column pass through

@@ -1,15 +1,17 @@
-"""What a valid HubSpot record is: the Pandera models behind the blocking `rows_match_schema` checks.
+"""What a usable HubSpot record is: the Pandera models behind the `rows_match_schema` and
+`fields_well_formed` checks.
 
-A model declares each column's type (text from the API is parsed into it) and its rules; rows that
-break either land in the table's quarantine with the reason.
+A model declares each column's type (text from the API is parsed into it) and its rules. Rows that
+break a type or a hard rule land in the table's quarantine with the reason; a descriptive field
+marked `SOFT` (an e-mail, a domain, a phone, a code, a Salesforce id) is kept as received and
+warned about.
 """
 
 import pandera.polars as pa
 import polars as pl
 
-from revenue_pipelines.lib.validation import CURRENCY, EMAIL, UTC_MS
-
-DOMAIN = r"^[a-z0-9-]+(\.[a-z0-9-]+)+$"
+from revenue_pipelines.lib.identity import SALESFORCE_ID
+from revenue_pipelines.lib.validation import CURRENCY, DOMAIN, EMAIL, PHONE, SOFT, UTC_MS
 
 
 class HubSpotRecord(pa.DataFrameModel):
@@ -28,10 +30,10 @@ class HubSpotRecord(pa.DataFrameModel):
 
 
 class Contact(HubSpotRecord):
-    email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL)
+    email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL, metadata=SOFT)
     firstname: pl.Utf8 = pa.Field(nullable=True)
     lastname: pl.Utf8 = pa.Field(nullable=True)
-    phone: pl.Utf8 = pa.Field(nullable=True)
+    phone: pl.Utf8 = pa.Field(nullable=True, str_matches=PHONE, metadata=SOFT)
     company: pl.Utf8 = pa.Field(nullable=True)
     jobtitle: pl.Utf8 = pa.Field(nullable=True)
     lifecyclestage: pl.Utf8 = pa.Field(nullable=True)
@@ -43,7 +45,7 @@ class Contact(HubSpotRecord):
 
 class Company(HubSpotRecord):
     name: pl.Utf8 = pa.Field(nullable=True)
-    domain: pl.Utf8 = pa.Field(nullable=True, str_matches=DOMAIN)
+    domain: pl.Utf8 = pa.Field(nullable=True, str_matches=DOMAIN, metadata=SOFT)
     industry: pl.Utf8 = pa.Field(nullable=True)
     city: pl.Utf8 = pa.Field(nullable=True)
     country: pl.Utf8 = pa.Field(nullable=True)
@@ -58,9 +60,10 @@ class Deal(HubSpotRecord):
     pipeline: pl.Utf8 = pa.Field(nullable=False)
     dealstage: pl.Utf8 = pa.Field(nullable=False)
     amount: pl.Float64 = pa.Field(nullable=True, ge=0)
-    deal_currency_code: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
+    deal_currency_code: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY, metadata=SOFT)
     closedate: UTC_MS = pa.Field(nullable=True)
-    hs_salesforceopportunityid: pl.Utf8 = pa.Field(nullable=True, str_matches=r"^[a-zA-Z0-9]{18}$")
+    # Typed in by hand or synced: 15 or 18 characters, matched in the 18-character form.
+    hs_salesforceopportunityid: pl.Utf8 = pa.Field(nullable=True, str_matches=SALESFORCE_ID, metadata=SOFT)
     hs_analytics_source: pl.Utf8 = pa.Field(nullable=True)  # Original Source Type, from the deal's contacts
     hs_analytics_source_data_1: pl.Utf8 = pa.Field(nullable=True)
     hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)

@@ -1,15 +1,18 @@
-"""What a valid Salesforce record is: the Pandera models behind the blocking `rows_match_schema` checks.
+"""What a usable Salesforce record is: the Pandera models behind the `rows_match_schema` and
+`fields_well_formed` checks.
 
 Columns keep their Salesforce API names, so a field reads the same here, in SOQL and in Setup.
+Salesforce ids are keys: one that is not a 15- or 18-character id quarantines its row. Descriptive
+fields marked `SOFT` are kept as received and warned about.
 """
 
 import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-from revenue_pipelines.lib.validation import CURRENCY, EMAIL, UTC_MS
+from revenue_pipelines.lib.identity import SALESFORCE_ID
+from revenue_pipelines.lib.validation import CURRENCY, EMAIL, PHONE, SOFT, UTC_MS
 
-SALESFORCE_ID = r"^[a-zA-Z0-9]{18}$"  # the case-safe form the API returns; 15-character ids are case-sensitive
 OPPORTUNITY_STAGES = (
     "Prospecting",
     "Qualification",
@@ -56,9 +59,10 @@ class Account(OwnedRecord):
 class Opportunity(OwnedRecord):
     AccountId: pl.Utf8 = pa.Field(nullable=True, str_matches=SALESFORCE_ID)
     Name: pl.Utf8 = pa.Field(nullable=False)
-    StageName: pl.Utf8 = pa.Field(nullable=False, isin=OPPORTUNITY_STAGES)
+    # An org's own stages are legitimate; the stage mapping (revenue/marts/pipeline) is what must know them.
+    StageName: pl.Utf8 = pa.Field(nullable=False, isin=OPPORTUNITY_STAGES, metadata=SOFT)
     Amount: pl.Float64 = pa.Field(nullable=True, ge=0)
-    CurrencyIsoCode: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY)
+    CurrencyIsoCode: pl.Utf8 = pa.Field(nullable=True, str_matches=CURRENCY, metadata=SOFT)
     CloseDate: pl.Date = pa.Field(nullable=True)
     IsClosed: pl.Boolean = pa.Field(nullable=False)
     IsWon: pl.Boolean = pa.Field(nullable=False)
@@ -66,9 +70,10 @@ class Opportunity(OwnedRecord):
     Type: pl.Utf8 = pa.Field(nullable=True)
     LeadSource: pl.Utf8 = pa.Field(nullable=True)
 
-    @pa.dataframe_check
+    @pa.dataframe_check(raise_warning=True)
     def CloseDate_present_when_IsClosed(cls, data: PolarsData) -> pl.LazyFrame:
-        """A closed opportunity without a close date cannot be placed in any revenue period."""
+        """A closed opportunity without a close date has no revenue period of its own: the pipeline
+        converts it at its day's rate, and RevOps should set the date."""
         return data.lazyframe.select(~pl.col("IsClosed") | pl.col("CloseDate").is_not_null())
 
 
@@ -76,16 +81,16 @@ class Contact(OwnedRecord):
     AccountId: pl.Utf8 = pa.Field(nullable=True, str_matches=SALESFORCE_ID)
     FirstName: pl.Utf8 = pa.Field(nullable=True)
     LastName: pl.Utf8 = pa.Field(nullable=False)
-    Email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL)
+    Email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL, metadata=SOFT)
     Title: pl.Utf8 = pa.Field(nullable=True)
-    Phone: pl.Utf8 = pa.Field(nullable=True)
+    Phone: pl.Utf8 = pa.Field(nullable=True, str_matches=PHONE, metadata=SOFT)
     LeadSource: pl.Utf8 = pa.Field(nullable=True)
 
 
 class Lead(OwnedRecord):
     FirstName: pl.Utf8 = pa.Field(nullable=True)
     LastName: pl.Utf8 = pa.Field(nullable=False)
-    Email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL)
+    Email: pl.Utf8 = pa.Field(nullable=True, str_matches=EMAIL, metadata=SOFT)
     Company: pl.Utf8 = pa.Field(nullable=False)
     Status: pl.Utf8 = pa.Field(nullable=False)
     LeadSource: pl.Utf8 = pa.Field(nullable=True)
@@ -98,6 +103,6 @@ class Lead(OwnedRecord):
 class User(SalesforceRecord):
     Username: pl.Utf8 = pa.Field(nullable=False)
     Name: pl.Utf8 = pa.Field(nullable=False)
-    Email: pl.Utf8 = pa.Field(nullable=False, str_matches=EMAIL)
+    Email: pl.Utf8 = pa.Field(nullable=False, str_matches=EMAIL, metadata=SOFT)
     IsActive: pl.Boolean = pa.Field(nullable=False)
     UserType: pl.Utf8 = pa.Field(nullable=True)
