@@ -50,3 +50,4 @@ bench: install
 	$(RUN) python -m bench.ingest_salesforce
 	$(RUN) python -m bench.bigquery_read
 	$(RUN) python -m bench.transform_scale
+	$(RUN) python -m bench.ga4_generate
