@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from datetime import date
 from pathlib import Path
 
@@ -139,18 +140,28 @@ def test_the_demo_prints_a_failed_error_check_as_failed_and_a_failed_warn_check_
 
 @pytest.mark.timeout(900)
 def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(sandbox_factory, monkeypatch):
-    """PROD's resources from the environment as `dagster job execute` builds them, run in this process."""
+    """PROD's resources, read from the environment as `dagster job execute` reads them, run in this process.
+
+    The defs modules bound the resources of the environment they were first imported in (LOCAL's, in
+    this process), so the run is given PROD's: the Environment's fields are named as the resource keys.
+    """
     sandbox = sandbox_factory(seed=11, companies=30, days=3, bigquery=True)
     for name, value in {**sandbox.env(), "REVENUE_PIPELINES_ENV": "prod"}.items():
         monkeypatch.setenv(name, value)
     first = END.replace(day=END.day - 1)
     get_environment.cache_clear()
     try:
+        environment = get_environment()
+        resources = {field.name: getattr(environment, field.name) for field in fields(environment)}
+        del resources["name"]
         job = defs().resolve_job_def("daily_revenue_job")
         with dg.DagsterInstance.ephemeral() as instance:
-            result = job.execute_in_process(instance=instance, tags=day_range(first, END), raise_on_error=False)
+            result = job.execute_in_process(
+                instance=instance, tags=day_range(first, END), resources=resources, raise_on_error=False
+            )
     finally:
         get_environment.cache_clear()  # the next test's environment is not PROD's
+    assert environment.name == "prod"
     assert result.success, [event.message for event in result.all_events if event.is_failure]
 
     client, project = sandbox.bigquery.client(), sandbox.bigquery.project
