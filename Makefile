@@ -14,7 +14,7 @@ RUN = $(UV) run --frozen --python "$(PYTHON)"
 
 help:
 	@echo "make demo   install, then run daily_revenue_job on the embedded sandbox over the last 7 days"
-	@echo "make test   lint, check the definitions, and run the test suite"
+	@echo "make test   lint, check the definitions, and run the test suite on 2 cores"
 	@echo "make dev    the Dagster UI on http://127.0.0.1:3000 with the sandbox behind it"
 	@echo "make bench  the benchmarks in bench/ (slow; run by hand)"
 
@@ -27,9 +27,11 @@ install:
 demo: install
 	$(RUN) python -m revenue_pipelines.demo
 
+# A worker per core, at most 2 (the tests start servers and emulators: more would contend for memory), each
+# taking whole files, so a module's fixtures (one BigQuery emulator per module) start once; the slowest listed.
 test: install lint
 	$(RUN) dg check defs
-	$(RUN) pytest
+	$(RUN) pytest --numprocesses auto --maxprocesses 2 --dist loadfile --durations 15
 
 lint: install
 	$(RUN) ruff check .
@@ -50,3 +52,4 @@ bench: install
 	$(RUN) python -m bench.ingest_salesforce
 	$(RUN) python -m bench.bigquery_read
 	$(RUN) python -m bench.transform_scale
+	$(RUN) python -m bench.ga4_generate

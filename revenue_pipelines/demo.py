@@ -1,8 +1,9 @@
 """`make demo`: the main job on the embedded default, end to end.
 
 Starts the sandbox, runs `daily_revenue_job` over the last 7 days as one run through the same
-`dagster job execute` a CI pipeline would use, prints what each asset produced, and exits non-zero
-if anything failed. The run stays in the local instance, so `make dev` shows it afterwards.
+`dagster job execute` a CI pipeline would use, prints each step as it ends (read from the run's
+event log while the command runs), then what each asset produced, and exits non-zero if anything
+failed. The run stays in the local instance, so `make dev` shows it afterwards.
 """
 
 import json
@@ -10,7 +11,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +23,13 @@ JOB = "daily_revenue_job"
 DAYS = 7
 # One process for every step: on one machine, a process per step costs more than it saves.
 IN_PROCESS = str(Path(__file__).resolve().parents[1] / "deploy" / "in_process.yaml")
+POLL_SECONDS = 0.5
+STEP_ENDS = {
+    dg.DagsterEventType.STEP_SUCCESS: "done",
+    dg.DagsterEventType.STEP_FAILURE: "FAILED",
+    dg.DagsterEventType.STEP_SKIPPED: "skipped",
+    dg.DagsterEventType.STEP_UP_FOR_RETRY: "retrying",
+}
 
 
 def main() -> int:
@@ -32,28 +41,87 @@ def main() -> int:
         "dagster/asset_partition_range_start": first_day.isoformat(),
         "dagster/asset_partition_range_end": last_day.isoformat(),
     }
-    with Sandbox(end_date=last_day, bigquery=True) as sandbox:
+    instance = dg.DagsterInstance.get()
+    previous = _latest_run_id(instance)
+    with demo_sandbox(last_day) as sandbox, tempfile.TemporaryFile("w+") as output:
         print(
             f"Sandbox serving HubSpot and GA4 at {sandbox.url}, Salesforce at {sandbox.salesforce_url}, "
-            f"BigQuery at {sandbox.bigquery.endpoint}; running {JOB} for {first_day}..{last_day} in one run."
+            f"BigQuery at {sandbox.bigquery.endpoint}; running {JOB} for {first_day}..{last_day} in one run.",
+            flush=True,
         )
         dagster = str(Path(sys.executable).with_name("dagster"))  # the CLI of this environment
         command = [dagster, "job", "execute", "-m", "revenue_pipelines.definitions", "-j", JOB, "-c", IN_PROCESS]
         command += ["--tags", json.dumps(range_tags)]
-        completed = subprocess.run(command, env={**os.environ, **sandbox.env()}, capture_output=True, text=True)  # noqa: S603 (our own CLI)
+        process = subprocess.Popen(  # noqa: S603 (our own CLI)
+            command, env={**os.environ, **sandbox.env()}, stdout=output, stderr=subprocess.STDOUT, text=True
+        )
+        run_id = follow(instance, process, previous)
+        output.seek(0)
+        log = output.read()
 
-    instance = dg.DagsterInstance.get()
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=JOB), limit=1)
-    if not runs:
-        sys.stderr.write(completed.stdout[-5000:] + completed.stderr[-5000:])
+    if run_id is None:
+        sys.stderr.write(log[-10000:])
         print(f"{JOB} did not start.")
         return 1
-    run = runs[0]
-    print(summary(instance, run.run_id))
-    print(f"\nRun {run.run_id}: {run.status.value}. Browse it with `make dev`.")
-    if completed.returncode != 0:
-        sys.stderr.write(_failure_lines(completed.stdout + completed.stderr))
-    return completed.returncode
+    print()
+    print(summary(instance, run_id))
+    print(f"\nRun {run_id}: {instance.get_run_by_id(run_id).status.value}. Browse it with `make dev`.")
+    if process.returncode != 0:
+        sys.stderr.write(_failure_lines(log))
+    return process.returncode
+
+
+def demo_sandbox(last_day: date) -> Sandbox:
+    """The sandbox the demo reads (its ground truth is the same, started or not)."""
+    return Sandbox(end_date=last_day, bigquery=True)
+
+
+def _latest_run_id(instance: dg.DagsterInstance) -> str | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=JOB), limit=1)
+    return runs[0].run_id if runs else None
+
+
+def follow(instance: dg.DagsterInstance, process: subprocess.Popen, previous: str | None) -> str | None:
+    """Print one line per step as it ends, until `process` (running the job) exits; the id of the run
+    it made (the job's latest run other than `previous`), None if it made none."""
+    run_id, cursor, steps, ended = None, None, 0, 0
+    while True:
+        exited = process.poll() is not None
+        if run_id is None and (latest := _latest_run_id(instance)) != previous:
+            run_id = latest
+            run = instance.get_run_by_id(run_id)
+            steps = len(instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id).step_keys_to_execute)
+            print(f"Run {run_id} started: {steps} steps.", flush=True)
+        more = False
+        if run_id is not None:
+            connection = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(STEP_ENDS))
+            for record in connection.records:
+                event = record.event_log_entry.dagster_event
+                ended += event.event_type != dg.DagsterEventType.STEP_UP_FOR_RETRY
+                print(_step_line(event, ended, steps), flush=True)
+            cursor, more = connection.cursor, connection.has_more
+        if exited and not more:  # the last look came after the exit: nothing is left to print
+            return run_id
+        if not more:
+            time.sleep(POLL_SECONDS)
+
+
+def _step_line(event: dg.DagsterEvent, ended: int, steps: int) -> str:
+    line = f"[{ended:>{len(str(steps))}}/{steps}] {event.step_key}: {STEP_ENDS[event.event_type]}"
+    if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+        line += f" in {event.event_specific_data.duration_ms / 1000:.1f} s"
+    return line
+
+
+VERDICTS = ("passed", "warn", "FAILED")
+"""A check's verdicts, least alarming first; an asset's line shows each check's worst of the run."""
+
+
+def _verdict(evaluation: dg.AssetCheckEvaluation) -> str:
+    """`warn` for a WARN check that did not pass: it reports what to look at, it does not fail the run."""
+    if evaluation.passed:
+        return "passed"
+    return "warn" if evaluation.severity == dg.AssetCheckSeverity.WARN else "FAILED"
 
 
 def summary(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -65,7 +133,7 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
             continue
         if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
-            row = assets.setdefault(materialization.asset_key.to_user_string(), {"checks": []})
+            row = assets.setdefault(materialization.asset_key.to_user_string(), {"checks": {}})
             metadata = materialization.metadata
             row["partitions"] = int(row.get("partitions", 0)) + 1
             for name in ("rows", "quarantined_rows", "path"):
@@ -77,8 +145,10 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
                 row["rows"] = metadata[held].value
         elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
-            row = assets.setdefault(evaluation.asset_key.to_user_string(), {"checks": []})
-            row["checks"].append(f"{evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}")
+            row = assets.setdefault(evaluation.asset_key.to_user_string(), {"checks": {}})
+            checks, name, verdict = row["checks"], evaluation.check_name, _verdict(evaluation)
+            if name not in checks or VERDICTS.index(verdict) >= VERDICTS.index(checks[name][0]):
+                checks[name] = (verdict, evaluation.description)
 
     header = ("asset", "partitions", "rows", "quarantined", "checks", "output")
     lines = [header]
@@ -90,12 +160,19 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
                 str(row.get("partitions", 0)),
                 str(row.get("rows", "")),
                 str(row.get("quarantined_rows", "")),
-                ", ".join(row["checks"]) or "-",
+                ", ".join(f"{name}: {verdict}" for name, (verdict, _) in row["checks"].items()) or "-",
                 os.path.relpath(str(row["path"])) if "path" in row else "",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    notes = [
+        f"{verdict}: {key} {name}: {description or 'no description'}"
+        for key in sorted(assets)
+        for name, (verdict, description) in assets[key]["checks"].items()
+        if verdict != "passed"
+    ]
+    return "\n".join([*table, *([""] if notes else []), *notes])
 
 
 def _failure_lines(output: str) -> str:

@@ -1,18 +1,27 @@
 """The commands the README promises, run the way a user or CI runs them."""
 
-import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import fields
+from datetime import date
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
+import pytest
 
+from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.revenue.marts import CHANNEL_MAPPING
+from revenue_pipelines.demo import demo_sandbox, summary
+from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines_tests.conftest import END, day_range, expected_ids
 
 ROOT = Path(__file__).resolve().parents[1]
+# The demo's run takes about a minute alone; a machine shared with other work can make it ten times longer.
+CLI_RUN_TIMEOUT = 900
 
 
 def _run(command: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -29,31 +38,60 @@ def test_dg_check_defs_passes():
     assert "All definitions loaded successfully" in completed.stdout + completed.stderr
 
 
-def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(seed=11, companies=60, days=10, bigquery=True)
-    env = {
-        **sandbox.env(),
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data"),
-    }
+@pytest.mark.timeout(CLI_RUN_TIMEOUT + 60)
+def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_and_reconciling(tmp_path):
+    """The suite's one end-to-end CLI run: `make demo`'s, which is `dagster job execute` on the sandbox."""
+    env = {"DAGSTER_HOME": str(tmp_path / "home"), "REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data")}
     (tmp_path / "home").mkdir()
-    first = END.replace(day=END.day - 2)
-    command = [_tool("dagster"), "job", "execute", "-m", "revenue_pipelines.definitions", "-j", "daily_revenue_job"]
-    completed = _run([*command, "--tags", json.dumps(day_range(first, END))], env)
+    completed = _run([sys.executable, "-m", "revenue_pipelines.demo"], env, timeout=CLI_RUN_TIMEOUT)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+    lines = completed.stdout.splitlines()
+
+    # Each step as it ends, before the table.
+    progress = [line for line in lines if re.match(r"\[ *\d+/\d+\] ", line)]
+    steps = int(progress[-1].split("/")[1].split("]")[0])
+    assert len(progress) == steps > 20
+    assert all(": done in " in line for line in progress)
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines) if line.startswith("asset "))
+
+    for table in ("hubspot/raw/contacts", "hubspot/raw/companies", "hubspot/raw/deals", "bigquery/raw/ga4_events"):
+        line = _line_of(lines, f"{table} ")
+        cells = line.split()
+        assert cells[1] == "7" and int(cells[2]) > 0 and cells[3] == "0"
+        assert "rows_match_schema: passed" in line
+    expected_checks = {
+        "revenue/core/account_identity": ["one_account_per_record: passed", "salesforce_accounts_matched: warn"],
+        "revenue/marts/pipeline": ["stages_mapped: passed", "amounts_converted: passed"],
+        "revenue/marts/accounts": [],
+    }
+    for asset, checks in expected_checks.items():
+        line = _line_of(lines, f"{asset} ")
+        assert line.split()[1] == "7" and int(line.split()[2]) > 0
+        assert all(check in line for check in checks), line
+    # A WARN check that fired says what it found, and is no failure.
+    assert _line_of(lines, "warn: revenue/core/account_identity salesforce_accounts_matched:").endswith(
+        "Salesforce accounts matched no HubSpot company or billing account"
+    )
+    assert "FAILED" not in completed.stdout
+    assert "SUCCESS" in completed.stdout
+
+    # What landed reconciles with the demo sandbox's ground truth.
+    first, last = map(date.fromisoformat, re.search(r" for (\S+)\.\.(\S+) in one run", completed.stdout).groups())
+    sandbox, data = demo_sandbox(last), tmp_path / "data"
+    days = [f"{day:%Y-%m-%d}" for day in pl.date_range(first, last, eager=True)]
     for table in ("contacts", "companies", "deals"):
-        files = sorted((tmp_path / "data" / "hubspot" / "raw" / table).glob("*.parquet"))
-        assert [f.stem for f in files] == ["2026-11-18", "2026-11-19", "2026-11-20"]
+        files = sorted((data / "hubspot" / "raw" / table).glob("*.parquet"))
+        assert [f.stem for f in files] == days
         rows = pl.concat([pl.read_parquet(f) for f in files])
-        assert sorted(rows["id"].to_list()) == expected_ids(sandbox, table, first, END)
-    events = pl.read_parquet(tmp_path / "data" / "bigquery" / "raw" / "ga4_events" / "*.parquet")
+        assert sorted(rows["id"].to_list()) == expected_ids(sandbox, table, first, last)
+    events = pl.read_parquet(data / "bigquery" / "raw" / "ga4_events" / "*.parquet")
     assert events.height == sum(
         sandbox.bigquery.truth(sandbox.bigquery.ga4_export_dataset, f"events_{day:%Y%m%d}").height
-        for day in pl.date_range(first, END, eager=True)
+        for day in pl.date_range(first, last, eager=True)
     )
 
     # Attribution's last-touch sessions are GA4's own sessions by medium, under the mapping's channel names.
-    attribution = pl.read_parquet(tmp_path / "data" / "revenue" / "marts" / "channel_attribution" / "*.parquet")
+    attribution = pl.read_parquet(data / "revenue" / "marts" / "channel_attribution" / "*.parquet")
     got = (
         attribution.filter(pl.col("model") == "last_touch")
         .group_by(PARTITION_COLUMN, "channel")
@@ -61,7 +99,7 @@ def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox_factory, t
         .filter(pl.col("sessions") > 0)
         .sort(PARTITION_COLUMN, "channel")
     )
-    ga4 = sandbox.ga4.truth(["date", "sessionMedium"], ["sessions"], first, END, settled=True)
+    ga4 = sandbox.ga4.truth(["date", "sessionMedium"], ["sessions"], first, last, settled=True)
     channels = CHANNEL_MAPPING.filter(pl.col("system") == "ga4").select(sessionMedium="source", channel="channel")
     expected = (
         ga4.join(channels, on="sessionMedium")
@@ -73,37 +111,58 @@ def test_dagster_job_execute_runs_the_main_job_on_the_sandbox(sandbox_factory, t
     assert got.equals(expected)
 
 
-def test_the_demo_runs_and_prints_a_table_per_asset(tmp_path):
-    env = {"DAGSTER_HOME": str(tmp_path / "home"), "REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data")}
-    (tmp_path / "home").mkdir()
-    completed = _run([sys.executable, "-m", "revenue_pipelines.demo"], env)
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
-    for table in ("hubspot/raw/contacts", "hubspot/raw/companies", "hubspot/raw/deals", "bigquery/raw/ga4_events"):
-        line = next(line for line in completed.stdout.splitlines() if line.startswith(f"{table} "))
-        cells = line.split()
-        assert cells[1] == "7" and int(cells[2]) > 0 and cells[3] == "0"
-        assert "rows_match_schema: passed" in line
-    expected_checks = {
-        "revenue/core/account_identity": ["one_account_per_record: passed"],
-        "revenue/marts/pipeline": ["stages_mapped: passed", "amounts_converted: passed"],
-        "revenue/marts/accounts": [],
-    }
-    for asset, checks in expected_checks.items():
-        line = next(line for line in completed.stdout.splitlines() if line.startswith(f"{asset} "))
-        assert line.split()[1] == "7" and int(line.split()[2]) > 0
-        assert all(check in line for check in checks), line
-    assert "RunStatus.SUCCESS" in completed.stdout or "SUCCESS" in completed.stdout
+def _line_of(lines: list[str], start: str) -> str:
+    """The first line that starts with `start`."""
+    return next(line for line in lines if line.startswith(start))
 
 
-def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(sandbox_factory, tmp_path):
+def test_the_demo_prints_a_failed_error_check_as_failed_and_a_failed_warn_check_as_warn():
+    @dg.asset(
+        check_specs=[
+            dg.AssetCheckSpec("ids_unique", asset="table"),
+            dg.AssetCheckSpec("names_filled", asset="table"),
+        ]
+    )
+    def table():
+        yield dg.Output(1, metadata={"rows": 3})
+        yield dg.AssetCheckResult(check_name="ids_unique", passed=False, description="2 ids twice")
+        yield dg.AssetCheckResult(
+            check_name="names_filled", passed=False, severity=dg.AssetCheckSeverity.WARN, description="1 name empty"
+        )
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([table], instance=instance, raise_on_error=False)
+        printed = summary(instance, result.run_id).splitlines()
+    assert printed[1].split()[:2] == ["table", "1"]
+    assert "ids_unique: FAILED, names_filled: warn" in printed[1]
+    assert printed[-2:] == ["FAILED: table ids_unique: 2 ids twice", "warn: table names_filled: 1 name empty"]
+
+
+@pytest.mark.timeout(900)
+def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(sandbox_factory, monkeypatch):
+    """PROD's resources, read from the environment as `dagster job execute` reads them, run in this process.
+
+    The defs modules bound the resources of the environment they were first imported in (LOCAL's, in
+    this process), so the run is given PROD's: the Environment's fields are named as the resource keys.
+    """
     sandbox = sandbox_factory(seed=11, companies=30, days=3, bigquery=True)
-    env = {**sandbox.env(), "REVENUE_PIPELINES_ENV": "prod", "DAGSTER_HOME": str(tmp_path / "home")}
-    (tmp_path / "home").mkdir()
+    for name, value in {**sandbox.env(), "REVENUE_PIPELINES_ENV": "prod"}.items():
+        monkeypatch.setenv(name, value)
     first = END.replace(day=END.day - 1)
-    command = [_tool("dagster"), "job", "execute", "-m", "revenue_pipelines.definitions", "-j", "daily_revenue_job"]
-    command += ["-c", str(ROOT / "deploy" / "in_process.yaml")]
-    completed = _run([*command, "--tags", json.dumps(day_range(first, END))], env)
-    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
+    get_environment.cache_clear()
+    try:
+        environment = get_environment()
+        resources = {field.name: getattr(environment, field.name) for field in fields(environment)}
+        del resources["name"]
+        job = defs().resolve_job_def("daily_revenue_job")
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(
+                instance=instance, tags=day_range(first, END), resources=resources, raise_on_error=False
+            )
+    finally:
+        get_environment.cache_clear()  # the next test's environment is not PROD's
+    assert environment.name == "prod"
+    assert result.success, [event.message for event in result.all_events if event.is_failure]
 
     client, project = sandbox.bigquery.client(), sandbox.bigquery.project
     for table in ("contacts", "companies", "deals"):

@@ -435,10 +435,9 @@ def test_the_wire_without_the_client_is_proto3_json(sb):
     )
 
 
-def test_generating_300000_rows_takes_a_second_and_depends_only_on_the_seed():
-    started = time.perf_counter()
+def test_300000_generated_rows_are_one_per_dimension_combination_and_depend_only_on_the_seed():
+    """How fast they are generated is bench/ga4_generate.py's to say."""
     facts = generate_property(7, 3, END, 100_000)
-    assert time.perf_counter() - started < 2.0
     assert facts.height > 270_000 and facts.select(*DIMENSIONS).n_unique() == facts.height
     assert generate_property(7, 10, END, 500).equals(generate_property(7, 10, END, 500))
     assert not generate_property(8, 10, END, 500).equals(generate_property(7, 10, END, 500))

@@ -7,15 +7,22 @@ python -m revenue_pipelines.sandbox run -- dagster job execute -m revenue_pipeli
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import date
 
 from revenue_pipelines.sandbox import Sandbox
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+GROUP_GRACE_SECONDS = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,18 +103,62 @@ def _serve(sandbox: Sandbox) -> int:
 
 
 def _run(sandbox: Sandbox, command: list[str]) -> int:
-    """Run `command` with the sandbox's environment. Ctrl-C reaches the child from the terminal
-    by itself, so the parent only waits; SIGTERM is passed on."""
+    """Run `command` with the sandbox's environment, in a process group of its own that dies with
+    this process: SIGINT (Ctrl-C reaches only this process's group), SIGTERM and SIGHUP are passed on
+    to the group; what is left of the group when the command exits is terminated; and on Linux the
+    command gets SIGTERM when this process dies without a word (SIGKILL)."""
     with sandbox:
         try:
-            child = subprocess.Popen(command, env={**os.environ, **sandbox.env()})  # noqa: S603 - the user's own command
+            child = subprocess.Popen(  # noqa: S603 - the user's own command
+                command,
+                env={**os.environ, **sandbox.env()},
+                process_group=0,
+                preexec_fn=_terminate_with(os.getpid()) if sys.platform == "linux" else None,
+            )
         except OSError as error:
             print(f"cannot run {command[0]!r}: {error}", file=sys.stderr)
             return 127
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum))
-        status = child.wait()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: _signal_group(child.pid, signum))
+        try:
+            status = child.wait()
+        finally:
+            _end_group(child.pid)
     return 128 - status if status < 0 else status
+
+
+def _terminate_with(parent: int) -> Callable[[], None]:
+    """For the child, before it runs the command: SIGTERM when its parent thread dies (Linux's
+    PR_SET_PDEATHSIG; this process's main thread, which waits for it), or now if it already has."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+
+    return in_child
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
+
+
+def _end_group(group: int) -> None:
+    """SIGTERM what is left of the command's process group; SIGKILL what outlives a grace period."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + GROUP_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

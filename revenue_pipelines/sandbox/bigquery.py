@@ -286,10 +286,11 @@ class BigQuery:
         credentials_file.write_text(json.dumps(self.oauth.key_file(token_uri)))
         credentials_file.chmod(0o600)
         log_path = directory / "emulator.log"
-        command = [sys.executable, "-m", "revenue_pipelines.sandbox.bigquery_emulator"]
+        command = [sys.executable, "-m", "revenue_pipelines.sandbox.bigquery_emulator", "--project", self.project]
+        command += ["--data-dir", str(directory / "data"), "--parent-pid", str(os.getpid())]
         with log_path.open("w") as log:
             process = subprocess.Popen(  # noqa: S603 - our own module, run by this interpreter
-                [*command, "--data-dir", str(directory / "data"), "--project", self.project],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -1,5 +1,7 @@
 """The sandbox's BigQuery process: local-bigquery's REST API and Storage gRPC API over DuckDB, on free
-loopback ports, until its standard input closes (the sandbox stopping it, or dying).
+loopback ports, until its standard input closes (the sandbox stopping it) or the sandbox's process is
+gone. The latter is watched apart: a process the sandbox forked keeps the standard input open after
+the sandbox is killed (SIGKILL included), and a stop waits for the requests in flight.
 
 Once both listen it prints one JSON line, {"rest": port, "grpc": port}. DuckDB loads extensions from
 ~/.duckdb and downloads the ones it lacks; the sandbox must work offline, so `BigQuery.start` points
@@ -20,8 +22,10 @@ import argparse
 import functools
 import importlib.resources
 import json
+import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -39,13 +43,16 @@ HOST = "127.0.0.1"
 RESPONSE_ROWS = 20_000
 # local-bigquery sets DuckDB's TimeZone (icu), keeps tables in DuckLake and defines GEOGRAPHY functions (spatial).
 EXTENSIONS = ("icu", "ducklake", "spatial")
+PARENT_POLL_SECONDS = 0.5
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--project", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True, help="the sandbox's process: exit when it is gone")
     args = parser.parse_args(argv)
+    threading.Thread(target=_exit_when_orphaned, args=(args.parent_pid,), name="parent-watch", daemon=True).start()
     link_extensions(Path.home() / ".duckdb" / "extensions")
     settings.data_dir = args.data_dir
     settings.default_project_id = args.project
@@ -66,6 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     rest.should_exit = True
     thread.join()
     storage.stop(grace=None)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Exit at once when `parent` is no longer this process's parent (it died: the child was reparented)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _reporting_bytes_read(execute):
