@@ -12,7 +12,8 @@ What makes GA4 awkward to ingest is here too, each switched by an attribute a te
 - `other_row_limit`: a day with more rows than this for the requested dimensions keeps its largest
   rows and folds the rest into "(other)" (`dataLossFromOtherRow`).
 - `sampling_threshold_sessions`: a date range with more sessions is estimated from a sample
-  (`samplingMetadatas`).
+  (`samplingMetadatas`). GA4 counts its samples in events; the synthetic facts have no event
+  counts, so here they are counted in sessions (only their ratio means anything to a reader).
 - `thresholding`: reports with `country` drop rows of fewer than `threshold_min_users` users
   (`subjectToThresholding`) and count against the potentially-thresholded-requests quota.
 
@@ -86,7 +87,12 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-SERVER_MESSAGES = {500: "Internal error encountered.", 503: "The service is currently unavailable."}
+SERVER_MESSAGES = {  # Google's words for scripted `status` faults
+    401: "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+    "other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+    500: "Internal error encountered.",
+    503: "The service is currently unavailable.",
+}
 PERMISSION_MESSAGE = (
     "User does not have sufficient permissions for this property. "
     f"To learn more about Property ID, see {DOCS}/property-id."
@@ -303,8 +309,8 @@ class GA4(Service):
         if status >= 500:
             with self._lock:
                 self._spending["server_errors"].add(1, time.monotonic())
-            if category == "INTERNAL_ERROR":  # a scripted fault or a crash: Google's words for it
-                message = SERVER_MESSAGES.get(status, message)
+        if category == "INTERNAL_ERROR":  # a scripted fault or a crash: Google's words for it
+            message = SERVER_MESSAGES.get(status, message)
         name = category if category in STATUS_NAMES.values() else STATUS_NAMES.get(status, "UNKNOWN")
         return json_response(status, {"error": {"code": status, "message": message, "status": name}})
 

@@ -57,14 +57,18 @@ def ga4_check_results(asset_key: dg.AssetKey, read: ReportRead) -> list[dg.Asset
     """WARN verdicts from the response metadata of every page of the read."""
     label = asset_key.to_user_string()
     other_rows = read.rows.filter(pl.any_horizontal(pl.exclude("date").cast(pl.String) == OTHER)).height
-    sampled_share = [item["samples_read"] / item["sampling_space"] for item in read.sampled if item["sampling_space"]]
+    sampled_share = [
+        item["events_read"] / item["events_in_sampling_space"]
+        for item in read.sampled
+        if item["events_in_sampling_space"]
+    ]
     return [
         _warn_unless(
             asset_key,
             NOT_SAMPLED,
             passed=not read.sampled,
-            description=f"{label}: GA4 sampled the data; metrics are estimates from "
-            f"{min(sampled_share, default=0):.1%} of sessions at the least.",
+            description=f"{label}: GA4 sampled the data; the metrics are estimates from as little as "
+            f"{min(sampled_share, default=0):.1%} of the property's events in the date range.",
             metadata={"sampling": str(read.sampled)},
         ),
         _warn_unless(
