@@ -1,5 +1,7 @@
 """HubSpot end to end: the real hubspot-api-client against the sandbox, reconciled with its ground truth."""
 
+import socket
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -7,7 +9,7 @@ import polars as pl
 import pytest
 
 from revenue_pipelines.defs.hubspot.assets import CONTACTS, hubspot_contacts, hubspot_deals
-from revenue_pipelines.defs.hubspot.resources import WindowStats
+from revenue_pipelines.defs.hubspot.resources import HubSpotResource, WindowStats
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines.lib.validation import QUARANTINE_REASON
 from revenue_pipelines_tests.conftest import (
@@ -186,14 +188,88 @@ def test_schema_drift(sandbox, tmp_path):
     assert f"pipeline failed not_nullable in {total} rows" in deals_check.description
 
 
-def test_a_wrong_token_fails_with_the_status_and_no_secret(sandbox, tmp_path):
-    resource = hubspot_resource(sandbox, access_token="not-the-token")
-    result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_contacts], resource=resource)
+@pytest.mark.parametrize("ids_as_text", [False, True], ids=["toObjectId as number", "toObjectId as string"])
+def test_association_pages_are_followed_and_each_association_read_once(sandbox, tmp_path, ids_as_text):
+    # Deals have up to three contacts: with two a page, some need a second page.
+    sandbox.hubspot.page_associations(page_size=2, ids_as_text=ids_as_text)
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_deals])
+    assert result.success
+
+    deals = _reconcile(sandbox, tmp_path, "deals").filter(~pl.col("archived"))
+    for column, to_type in (("contact_ids", "contacts"), ("company_ids", "companies")):
+        links = sandbox.hubspot.truth_associations("deals", to_type)
+        expected = links.group_by("from_id").agg(pl.col("to_id").sort().alias("expected"))
+        joined = deals.join(expected, left_on="id", right_on="from_id", how="left")
+        assert (joined[column] == joined["expected"]).all(), column
+    assert deals["contact_ids"].list.len().max() == 3
+    assert sandbox.requests.count(path_contains="/batch/read") > 2  # follow-up pages were asked for
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def _fails_at_once_without_step_retries(sandbox, tmp_path, resource: HubSpotResource, asset=hubspot_contacts) -> str:
+    """Materializes `asset` with `resource`: the step fails, is not retried, within a minute; its message."""
+    started = time.monotonic()
+    result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[asset], resource=resource)
+    elapsed = time.monotonic() - started
     assert not result.success
-    message = str(result.get_step_failure_events()[0].event_specific_data.error)
+    events = [e.event_type for e in result.all_events]
+    assert events.count(dg.DagsterEventType.STEP_FAILURE) == 1
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    return str(result.get_step_failure_events()[0].event_specific_data.error)
+
+
+UNREACHABLE = {
+    "connection refused": (_closed_port_url, "the connection was refused"),
+    "name does not resolve": (lambda: "https://api.hubspot.invalid", "the host name does not resolve"),
+}
+
+
+@pytest.mark.parametrize("address, reason", UNREACHABLE.values(), ids=UNREACHABLE.keys())
+def test_an_unreachable_host_fails_at_once_naming_hubspot_host(sandbox, tmp_path, address, reason):
+    host = address()
+    resource = HubSpotResource(access_token=sandbox.token, host=host)  # production retries and backoffs
+    message = _fails_at_once_without_step_retries(sandbox, tmp_path, resource)
+    assert f"HubSpot is unreachable at {host}: {reason}. Check HUBSPOT_HOST." in message
+    assert "urllib3" not in message and sandbox.token not in message
+
+
+def test_an_untrusted_certificate_fails_at_once_naming_hubspot_host(sandbox, tmp_path):
+    # The sandbox's TLS listener presents a certificate from its own CA, which certifi does not trust.
+    resource = HubSpotResource(access_token=sandbox.token, host=sandbox.salesforce_url)
+    message = _fails_at_once_without_step_retries(sandbox, tmp_path, resource)
+    assert "the TLS handshake failed" in message and "Check HUBSPOT_HOST." in message
+
+
+def test_a_wrong_token_fails_at_once_naming_hubspot_access_token(sandbox, tmp_path):
+    resource = HubSpotResource(access_token="not-the-token", host=sandbox.url)
+    message = _fails_at_once_without_step_retries(sandbox, tmp_path, resource)
     assert "HubSpot refused do_search" in message and "401" in message
+    assert "Check HUBSPOT_ACCESS_TOKEN." in message
     assert sandbox.token not in message and "not-the-token" not in message
-    assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+def test_a_missing_scope_fails_at_once_naming_the_scope(sandbox, tmp_path):
+    # Contacts are searchable, but reading their companies needs a scope the token lacks: the
+    # refusal comes mid-read, after HubSpot has answered.
+    sandbox.hubspot.withhold_scopes("crm.objects.companies.read")
+    resource = HubSpotResource(access_token=sandbox.token, host=sandbox.url)
+    message = _fails_at_once_without_step_retries(sandbox, tmp_path, resource)
+    assert "HubSpot refused get_page" in message and "403" in message
+    assert "Grant crm.objects.companies.read to the app whose token is in HUBSPOT_ACCESS_TOKEN." in message
+
+
+def test_a_first_request_dropped_once_is_retried(sandbox, tmp_path):
+    """A first contact gets few, quick retries, not none: a server that drops one connection is no wrong address."""
+    fault = sandbox.faults.add("drop", times=1, path_contains="/search")
+    result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[hubspot_contacts])
+    assert result.success and fault.fired == 1
+    _reconcile(sandbox, tmp_path, "contacts", END, END)
 
 
 def test_partition_window_comes_from_the_run(sandbox, tmp_path):

@@ -415,6 +415,55 @@ def test_association_batch_read_matches_truth(sb, http):
     assert too_many.status == 400
 
 
+def test_association_batch_read_pages_each_input(small, http):
+    """Per input, at most `page_size` associations; the rest come back for that id with its `after`."""
+    small.hubspot.page_associations(page_size=2)
+    api = client(small).crm.associations.v4.batch_api
+    pending = [{"id": str(i)} for i in small.hubspot.truth("deals")["id"]]
+    served, pages = [], 0
+    while pending:
+        response = api.get_page("deals", "contacts", BatchInputPublicFetchAssociationsBatchRequest(inputs=pending))
+        pages += 1
+        pending = []
+        for result in response.results:
+            assert len(result.to) <= 2
+            served += [(int(result._from.id), int(link.to_object_id)) for link in result.to]
+            if result.paging:
+                pending.append({"id": result._from.id, "after": result.paging.next.after})
+    truth = small.hubspot.truth_associations("deals", "contacts")
+    assert sorted(served) == sorted(truth.iter_rows())  # each association exactly once
+    assert pages == 2 and truth.group_by("from_id").len()["len"].max() == 3
+
+    bad_cursor = post(
+        http, small, "/crm/v4/associations/deals/contacts/batch/read", {"inputs": [{"id": "1", "after": "!"}]}
+    )
+    assert bad_cursor.status == 400
+
+
+@pytest.mark.parametrize("ids_as_text", [False, True])
+def test_to_object_id_is_sent_as_a_number_or_as_a_string(small, http, ids_as_text):
+    small.hubspot.page_associations(ids_as_text=ids_as_text)
+    deal = small.hubspot.truth_associations("deals", "contacts")["from_id"][0]
+    body = {"inputs": [{"id": str(deal)}]}
+    [result] = post(http, small, "/crm/v4/associations/deals/contacts/batch/read", body).json()["results"]
+    assert {type(link["toObjectId"]) for link in result["to"]} == {str if ids_as_text else int}
+    assert "paging" not in result  # absent when there is no next page, as HubSpot documents
+
+
+def test_a_withheld_scope_answers_403_missing_scopes(small, http):
+    small.hubspot.withhold_scopes("crm.objects.companies.read")
+    assert get(http, small, "/crm/v3/objects/contacts").status == 200
+    body = {"inputs": [{"id": "1"}]}
+    refused = post(http, small, "/crm/v4/associations/contacts/companies/batch/read", body)
+    assert refused.status == 403
+    error = refused.json()
+    assert error["category"] == "MISSING_SCOPES"
+    assert error["errors"][0]["context"]["requiredGranularScopes"] == ["crm.objects.companies.read"]
+    assert get(http, small, "/crm/v3/objects/companies").status == 403
+    small.hubspot.withhold_scopes()
+    assert get(http, small, "/crm/v3/objects/companies").status == 200
+
+
 def test_status_faults_fire_in_order_after_skips(sb, http):
     burst = sb.faults.add("status", times=2, status=503, path_contains="/objects/companies", skip=1)
     fired_before = sb.faults.fired

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hmac
 import operator
 import random
@@ -15,6 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -80,6 +82,9 @@ SEARCH_RESULT_CAP = 10_000
 MAX_FILTER_GROUPS = 5
 MAX_FILTERS_PER_GROUP = 6
 BATCH_READ_MAX_INPUTS = 1000
+# Associations one batch-read result carries before it pages (`paging.next.after`, per input).
+# HubSpot documents the paging but no number; 500 is what its association reads page by elsewhere.
+ASSOCIATION_PAGE_SIZE = 500
 RATE_LIMIT_WINDOW_SECONDS = 10.0
 PORTAL_ID = 24_681_357
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -107,10 +112,24 @@ MIRROR_SCHEMA = {
     "account_id": pl.String,
     "hubspot_company_id": pl.Int64,
 }
+MISSING_SCOPES_MESSAGE = (
+    "This app hasn't been granted all required scopes to make this call. Read more about required scopes "
+    "here: https://developers.hubspot.com/scopes."
+)
 AUTHENTICATION_MESSAGE = (
     "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find "
     "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 )
+
+
+@dataclass(frozen=True)
+class AssociationPaging:
+    """How the v4 batch read serves associations."""
+
+    page_size: int = ASSOCIATION_PAGE_SIZE
+    """Associations per input and page; the rest follow the result's `paging.next.after`."""
+    ids_as_text: bool = False
+    """`toObjectId` as a JSON string, as HubSpot's reference types it, instead of the number it sends."""
 
 
 class HubSpot(Service):
@@ -137,7 +156,9 @@ class HubSpot(Service):
         self._tables = dict(portal.tables)
         self._associations = portal.associations
         self._link_cache: dict[tuple[str, str], dict[int, list[int]]] = {}
-        self._encoded_link_cache: dict[tuple[str, str], dict[int, bytes]] = {}
+        self._encoded_link_cache: dict[tuple[str, str, AssociationPaging], dict[int, bytes]] = {}
+        self._association_paging = AssociationPaging()
+        self._withheld_scopes: frozenset[str] = frozenset()
         self._seed = seed
         self._mirrors: pl.DataFrame | None = None
         self._malformed: dict[str, set[int]] = {name: set() for name in OBJECT_TYPES}
@@ -178,6 +199,20 @@ class HubSpot(Service):
             self._associations = portal.associations
             self._link_cache.clear()
             self._encoded_link_cache.clear()
+
+    # --- how the portal answers --------------------------------------------------------------
+
+    def page_associations(self, page_size: int = ASSOCIATION_PAGE_SIZE, ids_as_text: bool = False) -> None:
+        """Serve the v4 batch read with at most `page_size` associations per input and page, and
+        `toObjectId` as a string when `ids_as_text` (HubSpot sends numbers; its reference says string)."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._association_paging = AssociationPaging(page_size, ids_as_text)
+
+    def withhold_scopes(self, *scopes: str) -> None:
+        """The token lacks these scopes (e.g. `crm.objects.deals.read`): a call needing one answers 403
+        MISSING_SCOPES naming it, as HubSpot does. No arguments grants every scope again."""
+        self._withheld_scopes = frozenset(scopes)
 
     # --- data faults and drift ----------------------------------------------------------------
 
@@ -281,9 +316,22 @@ class HubSpot(Service):
         )
 
     def refusal(self, request: Request) -> Response | None:
-        if hmac.compare_digest((request.bearer_token or "").encode(), self.token.encode()):
+        if not hmac.compare_digest((request.bearer_token or "").encode(), self.token.encode()):
+            return self.error(401, AUTHENTICATION_MESSAGE, "INVALID_AUTHENTICATION")
+        missing = sorted(_required_scopes(request) & self._withheld_scopes)
+        if not missing:
             return None
-        return self.error(401, AUTHENTICATION_MESSAGE, "INVALID_AUTHENTICATION")
+        body = {
+            "status": "error",
+            "message": MISSING_SCOPES_MESSAGE,
+            "correlationId": str(uuid.uuid4()),
+            "errors": [
+                {"message": "All of the following scopes are required.", "context": {"requiredGranularScopes": missing}}
+            ],
+            "links": {"scopes": "https://developers.hubspot.com/scopes"},
+            "category": "MISSING_SCOPES",
+        }
+        return json_response(403, body)
 
     def rate_limited(self, retry_after: float | None) -> Response:
         body = {
@@ -361,29 +409,57 @@ class HubSpot(Service):
                 "VALIDATION_ERROR",
             )
         started_at = _now()
-        ids = [int(item["id"]) for item in inputs if isinstance(item, dict) and str(item.get("id", "")).isdigit()]
-        encoded = self._encoded_links(from_type, to_type)
-        results = b",".join(encoded[from_id] for from_id in dict.fromkeys(ids) if from_id in encoded)
+        paging = self._association_paging
+        first_pages = self._encoded_links(from_type, to_type, paging)
+        links = self._links(from_type, to_type)
+        results = []
+        for item in dict.fromkeys(_association_inputs(inputs)):
+            from_id, after = item
+            if after is None:
+                if from_id in first_pages:
+                    results.append(first_pages[from_id])
+                continue
+            to_ids = links.get(from_id, [])
+            start = bisect.bisect_left(to_ids, _decode_cursor(after))
+            if start < len(to_ids):
+                results.append(self._encode_links(from_type, to_type, from_id, to_ids, start, paging))
         body = b'{"status":"COMPLETE","results":[%s],"startedAt":"%s","completedAt":"%s"}' % (
-            results,
+            b",".join(results),
             started_at.encode(),
             _now().encode(),
         )
         return Response(200, body, {"Content-Type": JSON_CONTENT_TYPE})
 
-    def _encoded_links(self, from_type: str, to_type: str) -> dict[int, bytes]:
-        """Each record's batch-read result, JSON-encoded once: the endpoint then only joins bytes,
-        so serving associations costs the sandbox little next to the client reading them."""
-        key = (from_type, to_type)
+    def _encoded_links(self, from_type: str, to_type: str, paging: AssociationPaging) -> dict[int, bytes]:
+        """Each record's first batch-read page, JSON-encoded once: the endpoint then mostly joins
+        bytes, so serving associations costs the sandbox little next to the client reading them."""
+        key = (from_type, to_type, paging)
         if key not in self._encoded_link_cache:
-            kind = [{"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS.get(key), "label": None}]
             self._encoded_link_cache[key] = {
-                from_id: compact_json(
-                    {"from": {"id": str(from_id)}, "to": [{"toObjectId": t, "associationTypes": kind} for t in to_ids]}
-                ).encode()
+                from_id: self._encode_links(from_type, to_type, from_id, to_ids, 0, paging)
                 for from_id, to_ids in self._links(from_type, to_type).items()
             }
         return self._encoded_link_cache[key]
+
+    @staticmethod
+    def _encode_links(
+        from_type: str, to_type: str, from_id: int, to_ids: list[int], start: int, paging: AssociationPaging
+    ) -> bytes:
+        """One batch-read result: the page of `to_ids` from `start`, and the cursor to the next one."""
+        kind = [
+            {"category": "HUBSPOT_DEFINED", "typeId": ASSOCIATION_TYPE_IDS.get((from_type, to_type)), "label": None}
+        ]
+        end = start + paging.page_size
+        result: dict[str, Any] = {
+            "from": {"id": str(from_id)},
+            "to": [
+                {"toObjectId": str(to_id) if paging.ids_as_text else to_id, "associationTypes": kind}
+                for to_id in to_ids[start:end]
+            ],
+        }
+        if end < len(to_ids):
+            result["paging"] = {"next": {"after": _encode_cursor(to_ids[end])}}
+        return compact_json(result).encode()
 
     def _links(self, from_type: str, to_type: str) -> dict[int, list[int]]:
         """Associated ids per record, grouped once per pair of types (both endpoints read them)."""
@@ -453,6 +529,22 @@ class HubSpot(Service):
             if associations:
                 records[index] = f'{records[index][:-1]},"associations":{compact_json(associations)}}}'
         return records
+
+
+def _association_inputs(inputs: list[Any]) -> Iterable[tuple[int, str | None]]:
+    """(id, after) per well-formed input; others are skipped, as HubSpot omits ids it cannot read."""
+    for item in inputs:
+        if isinstance(item, dict) and str(item.get("id", "")).isdigit():
+            after = item.get("after")
+            yield int(item["id"]), str(after) if after else None
+
+
+def _required_scopes(request: Request) -> set[str]:
+    """The read scopes of the object types a request names in its path (their schemas for properties)."""
+    named = (request.params.get(key) for key in ("object_type", "from_type", "to_type"))
+    types = {OBJECT_TYPE_NAMES[name.lower()] for name in named if name and name.lower() in OBJECT_TYPE_NAMES}
+    kind = "schemas" if request.path.startswith("/crm/v3/properties/") else "objects"
+    return {f"crm.{kind}.{name}.read" for name in types}
 
 
 def _known(object_type: str) -> str:

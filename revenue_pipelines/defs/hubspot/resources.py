@@ -19,14 +19,30 @@ from hubspot.crm.objects.exceptions import ApiException as ObjectsApiException
 from hubspot.discovery.discovery_base import DiscoveryBase
 from pydantic import Field, PrivateAttr
 
-from revenue_pipelines.lib.http import transport_retry
+from revenue_pipelines.lib.http import first_contact_retry, transport_retry, unreachable
 
 HUBSPOT_API = "https://api.hubapi.com"
+# The settings a configuration failure names (environment.py reads them).
+HOST_VARIABLE = "HUBSPOT_HOST"
+AUTH_VARIABLE = "HUBSPOT_ACCESS_TOKEN"
 PERMANENT_STATUSES = (400, 401, 403, 404)
 API_EXCEPTIONS = (ObjectsApiException, AssociationsApiException)  # each API package has its own
 SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum for search
 LIST_PAGE_LIMIT = 100  # HubSpot's maximum for the object list
 ASSOCIATION_BATCH_LIMIT = 1000  # HubSpot's maximum inputs per association batch read
+# One association batch-read page: each input's associations so far, and its cursor to the rest.
+# `toObjectId` is read as text: HubSpot sends a number, its reference types it as a string.
+ASSOCIATIONS_PAGE_SCHEMA = {
+    "results": pl.List(
+        pl.Struct(
+            {
+                "from": pl.Struct({"id": pl.Utf8}),
+                "to": pl.List(pl.Struct({"toObjectId": pl.Utf8})),
+                "paging": pl.Struct({"next": pl.Struct({"after": pl.Utf8})}),
+            }
+        )
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -61,20 +77,31 @@ class WindowStats:
 
 
 class _PreloadingPoolManager(urllib3.PoolManager):
-    """The client's transport, corrected in two places.
+    """The client's transport, corrected in three places.
 
     - The client only skips its slow model objects when called with `_preload_content=False`,
       which would also move the body read outside urllib3, where a connection dropped mid-body is
       not retried. Forcing the preload keeps both: raw JSON, and retries that cover the whole read.
     - The client passes `timeout=None` on every call, which urllib3 reads as "wait forever";
       dropping it lets this pool's own connect and read timeouts apply.
+    - Until HubSpot has answered once, requests get `first_contact_retry`: a host that cannot be
+      reached at all is a wrong address, and fails in seconds instead of minutes of retries.
     """
+
+    def __init__(self, *, retries: urllib3.Retry, **kw: Any):
+        super().__init__(retries=retries, **kw)
+        self._first_contact = first_contact_retry(retries)
+        self.answered = False
 
     def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> urllib3.BaseHTTPResponse:
         kw["preload_content"] = True
         if kw.get("timeout") is None:
             kw.pop("timeout", None)
-        return super().urlopen(method, url, redirect=redirect, **kw)
+        if not self.answered:
+            kw.setdefault("retries", self._first_contact)
+        response = super().urlopen(method, url, redirect=redirect, **kw)
+        self.answered = True
+        return response
 
 
 class HubSpotResource(dg.ConfigurableResource):
@@ -98,7 +125,7 @@ class HubSpotResource(dg.ConfigurableResource):
         default=3, ge=2, description="Requests in flight at once: search paging plus side reads."
     )
 
-    _pool: urllib3.PoolManager = PrivateAttr()
+    _pool: _PreloadingPoolManager = PrivateAttr()
     _search: Any = PrivateAttr()
     _objects: Any = PrivateAttr()
     _associations: Any = PrivateAttr()
@@ -221,43 +248,53 @@ class HubSpotResource(dg.ConfigurableResource):
                 return pl.concat(pages, how="vertical")
 
     def _read_associations(self, from_type: str, to_type: str, ids: list[str], stats: WindowStats) -> pl.DataFrame:
-        """`id` -> sorted `to_ids` for one batch of ids; ids without associations are absent, as in HubSpot."""
-        schema = {"results": pl.List(pl.Struct({"from": pl.Struct({"id": pl.Utf8}), "to": ASSOCIATED_IDS}))}
-        if not ids:
-            return pl.DataFrame(schema={"id": pl.Utf8, "to_ids": pl.List(pl.Int64)})
-        data = self._call(stats, self._associations.get_page, from_type, to_type, {"inputs": [{"id": i} for i in ids]})
-        results = pl.read_json(io.BytesIO(data), schema=schema).select(pl.col("results").explode(empty_as_null=False))
-        return results.select(
-            pl.col("results").struct.field("from").struct.field("id"),
-            pl.col("results")
-            .struct.field("to")
-            .list.eval(pl.element().struct.field("toObjectId"))
-            .list.sort()
-            .alias("to_ids"),
-        )
+        """`id` -> sorted `to_ids` for one batch of ids; ids without associations are absent, as in HubSpot.
+
+        HubSpot pages each input's associations on its own: a result with `paging.next.after` is
+        asked again, that id with that cursor, in the next batch, until no result pages.
+        """
+        pages = [pl.DataFrame(schema={"id": pl.Utf8, "to_ids": pl.List(pl.Int64)})]
+        inputs: list[dict[str, str]] = [{"id": i} for i in ids]
+        while inputs:
+            data = self._call(stats, self._associations.get_page, from_type, to_type, {"inputs": inputs})
+            page = _associations_page(data)
+            pages.append(page.select("id", "to_ids"))
+            inputs = [{"id": i, "after": after} for i, after in page.drop_nulls("after").select("id", "after").rows()]
+        links = pl.concat(pages, how="vertical")
+        if len(pages) > 2:
+            links = links.group_by("id", maintain_order=True).agg(pl.col("to_ids").explode(empty_as_null=False).sort())
+        return links
 
     def _call(self, stats: WindowStats, operation: Any, *args: Any, **kwargs: Any) -> bytes:
         """One API call through the client, answered as the raw JSON body.
 
-        A refusal that no retry can fix (bad token, missing scope, invalid request) fails the step
-        at once, bypassing the step's RetryPolicy; throttling and server errors that outlasted the
-        connector's own retries propagate, so the RetryPolicy tries the step again later.
+        What no retry can fix fails the step at once, bypassing the step's RetryPolicy, and names
+        the variable to check: a host that cannot be reached before HubSpot ever answered
+        (HUBSPOT_HOST), a refused token or missing scope (HUBSPOT_ACCESS_TOKEN), an invalid request.
+        Throttling, server errors and dropped connections that outlasted the connector's own
+        retries propagate, so the RetryPolicy tries the step again later.
         """
         try:
             response = operation(*args, _preload_content=False, **kwargs)
-        except API_EXCEPTIONS as error:
-            if error.status not in PERMANENT_STATUSES:
+        except Exception as error:
+            failure = None if self._pool.answered else unreachable("HubSpot", self.host, HOST_VARIABLE, error)
+            if failure is None and isinstance(error, API_EXCEPTIONS) and error.status in PERMANENT_STATUSES:
+                failure = self._refusal(operation.__name__, error)
+            if failure is None:
                 raise
-            raise dg.Failure(
-                description=f"HubSpot refused {operation.__name__} on {self.host} with {error.status} "
-                f"{error.reason}: {_error_message(error.body)}",
-                allow_retries=False,
-            ) from None
+            raise failure from None
         stats.count_request(len(response.retries.history) if response.retries else 0)
         return response.data
 
-
-ASSOCIATED_IDS = pl.List(pl.Struct({"toObjectId": pl.Int64}))
+    def _refusal(self, operation: str, error: ObjectsApiException | AssociationsApiException) -> dg.Failure:
+        message = _error_message(error.body).rstrip(". ")
+        description = f"HubSpot refused {operation} on {self.host} with {error.status} {error.reason}: {message}."
+        if error.status == 401:
+            description += f" Check {AUTH_VARIABLE}."
+        elif error.status == 403:
+            scopes = ", ".join(_missing_scopes(error.body)) or "the scopes this call needs"
+            description += f" Grant {scopes} to the app whose token is in {AUTH_VARIABLE}."
+        return dg.Failure(description=description, allow_retries=False)
 
 
 def _page_schema(obj: HubSpotObject) -> dict[str, pl.DataType]:
@@ -298,6 +335,23 @@ def _empty_records(obj: HubSpotObject) -> pl.DataFrame:
     return _records_page(obj, b'{"results": []}')[0]
 
 
+def _associations_page(data: bytes) -> pl.DataFrame:
+    """One association batch-read page: `id`, its sorted `to_ids` on this page, and `after`, the
+    cursor to its next page (null when this was the last)."""
+    results = pl.read_json(io.BytesIO(data), schema=ASSOCIATIONS_PAGE_SCHEMA).select(
+        pl.col("results").explode(empty_as_null=False)
+    )
+    return results.select(
+        pl.col("results").struct.field("from").struct.field("id"),
+        pl.col("results")
+        .struct.field("to")
+        .list.eval(pl.element().struct.field("toObjectId").cast(pl.Int64))
+        .list.sort()
+        .alias("to_ids"),
+        pl.col("results").struct.field("paging").struct.field("next").struct.field("after"),
+    ).drop_nulls("id")
+
+
 def _missing_properties(obj: HubSpotObject, data: bytes) -> list[str]:
     """Requested properties a page's records do not carry at all.
 
@@ -317,6 +371,20 @@ def _error_message(body: bytes | str | None) -> str:
         return str(json.loads(body or "{}").get("message") or body)
     except ValueError:
         return str(body)[:500]
+
+
+def _missing_scopes(body: bytes | str | None) -> list[str]:
+    """The scopes a 403 MISSING_SCOPES body says the token lacks."""
+    try:
+        errors = json.loads(body or "{}").get("errors") or []
+    except (ValueError, AttributeError):
+        return []
+    return [
+        scope
+        for error in errors
+        if isinstance(error, dict)
+        for scope in (error.get("context") or {}).get("requiredGranularScopes") or []
+    ]
 
 
 def _epoch_ms(instant: datetime) -> int:
