@@ -2,8 +2,12 @@
 
 import json
 import os
+import re
+import socket
 import stat
+import time
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import parse_qs
 
 import certifi
 import dagster as dg
@@ -11,9 +15,17 @@ import polars as pl
 import pytest
 
 from revenue_pipelines.defs.salesforce.assets import salesforce_opportunities
+from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.lib.token_store import FileTokenStore
 from revenue_pipelines.lib.validation import QUARANTINE_REASON
-from revenue_pipelines_tests.conftest import END, materialize_salesforce, read_layer, salesforce_resource
+from revenue_pipelines_tests.conftest import (
+    END,
+    materialize_range,
+    materialize_salesforce,
+    read_layer,
+    salesforce_resource,
+)
 
 FIRST = END - timedelta(days=4)
 SOBJECTS = {
@@ -153,6 +165,72 @@ def test_a_query_timeout_splits_the_window_until_each_half_answers(sandbox, tmp_
     assert _metadata(result, "salesforce_opportunities")["window_splits"] == sandbox.salesforce.query_timeouts
 
 
+def _bulk_stamp(sandbox, records: int, at: datetime) -> None:
+    """Stamp `records` live opportunities with one instant, as a bulk job does."""
+    live = sandbox.salesforce.truth("Opportunity").filter(~pl.col("IsDeleted"))
+    for record_id in live["Id"].head(records):
+        sandbox.salesforce.touch("Opportunity", record_id, at)
+
+
+def test_a_cursor_dropped_mid_read_resumes_after_the_last_record_read_and_nothing_is_lost(sandbox, tmp_path):
+    batch = 200
+    # A tie wider than a batch, so some cursor is lost in the middle of one SystemModstamp.
+    _bulk_stamp(sandbox, batch + 50, datetime.combine(END, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9))
+    # Salesforce drops a cursor left idle (15 minutes; here 0.2 s): every next batch arrives too late.
+    sandbox.salesforce.cursor_idle_seconds = 0.2
+    sandbox.faults.add("slow", path_contains="/queryAll/01g", times=20, seconds=0.4)
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", batch_size=batch)
+    result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
+    assert result.success
+
+    _reconcile(sandbox, tmp_path, "opportunities", END, END)
+    resumes = _metadata(result, "salesforce_opportunities")["query_resumes"]
+    assert resumes == sandbox.salesforce.cursors_expired >= 2
+    assert any("Id >" in text for text in _queries(sandbox))
+
+
+def test_a_query_that_outlasts_the_read_timeout_splits_the_window(sandbox, tmp_path):
+    # Salesforce answers QUERY_TIMEOUT only after its own 2 minutes, when the client has stopped waiting.
+    sandbox.faults.add("slow", path_contains="/queryAll/?q=", seconds=2.5)
+    resource = salesforce_resource(sandbox, tmp_path / "tokens", timeout_seconds=1.0)
+    result = materialize_salesforce(sandbox, tmp_path, FIRST, END, [salesforce_opportunities], resource)
+    assert result.success
+
+    _reconcile(sandbox, tmp_path, "opportunities")
+    metadata = _metadata(result, "salesforce_opportunities")
+    assert metadata["window_splits"] == 1
+    assert metadata["query_window_seconds"] == 5 * 86_400 // 2
+    assert not sandbox.faults.pending
+
+
+def test_the_next_run_starts_from_the_window_that_answered(sandbox, tmp_path):
+    sandbox.salesforce.query_timeout_rows = 100
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"salesforce": salesforce_resource(sandbox, tmp_path / "tokens")}
+
+    def run() -> dg.ExecuteInProcessResult:
+        result = materialize_range([salesforce_opportunities], resources, tmp_path, FIRST, END, instance=instance)
+        assert result.success
+        _reconcile(sandbox, tmp_path, "opportunities")
+        return result
+
+    first = run()
+    first_timeouts = sandbox.salesforce.query_timeouts
+    remembered = _metadata(first, "salesforce_opportunities")["query_window_seconds"]
+    assert first_timeouts > 0 and remembered < 86_400
+
+    sandbox.requests.clear()
+    run()
+    start, end = re.findall(r"SystemModstamp [<>]=? (\S+)", _queries(sandbox)[0])[:2]
+    assert datetime.fromisoformat(end) - datetime.fromisoformat(start) == timedelta(seconds=remembered)
+    assert sandbox.salesforce.query_timeouts - first_timeouts < first_timeouts
+
+
+def _queries(sandbox) -> list[str]:
+    """The SOQL of every query the sandbox was sent, in order."""
+    return [parse_qs(entry.query)["q"][0] for entry in sandbox.requests.log() if "q=" in entry.query]
+
+
 def test_the_budget_guard_stops_before_the_share_of_the_daily_limit_is_used(sandbox, tmp_path):
     sandbox.salesforce.daily_api_limit = 10_000
     sandbox.salesforce.api_usage = 7_999
@@ -161,7 +239,7 @@ def test_the_budget_guard_stops_before_the_share_of_the_daily_limit_is_used(sand
 
     assert not result.success
     message = _failure_message(result)
-    assert "8,000 of its 10,000 daily API requests" in message and "80%" in message
+    assert "8,000 of its 10,000 daily API requests" in message and "stops at about 80%" in message
     assert sandbox.salesforce.api_usage == 8_000  # stopped at the line, not past it
 
 
@@ -227,18 +305,43 @@ def test_the_ca_bundle_is_pinned_against_the_callers_environment(sandbox, tmp_pa
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
     assert materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities]).success
 
-    untrusted = salesforce_resource(sandbox, tmp_path / "tokens", ca_bundle=None, max_retries=0)
+    untrusted = _production_resource(sandbox, tmp_path / "tokens", ca_bundle=None)
     result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], untrusted)
-    assert not result.success
-    assert "CERTIFICATE_VERIFY_FAILED" in _failure_message(result)
+    message = _failed_once_without_retries(result)
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert "SALESFORCE_CA_BUNDLE" in message and "SALESFORCE_TOKEN_URL" in message
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [(f"127.0.0.1:{_closed_port()}", "refused"), ("login.salesforce.invalid", "does not resolve")],
+    ids=["connection-refused", "unknown-host"],
+)
+def test_an_unreachable_token_url_fails_within_a_minute_naming_the_variable(sandbox, tmp_path, host, reason):
+    resource = _production_resource(sandbox, tmp_path / "tokens", token_url=f"https://{host}/services/oauth2/token")
+    began = time.monotonic()
+    result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
+    elapsed = time.monotonic() - began
+
+    message = _failed_once_without_retries(result)
+    assert "SALESFORCE_TOKEN_URL" in message and reason in message and host in message
+    assert elapsed < 60  # the issue's bound; it takes seconds
 
 
 def test_wrong_client_credentials_fail_fast_and_no_secret_reaches_the_logs(sandbox, tmp_path):
     env = sandbox.env()
     resource = salesforce_resource(sandbox, tmp_path / "tokens", client_secret="not-the-secret")
     result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
-    assert not result.success
-    assert "invalid_client" in _failure_message(result)
+    message = _failed_once_without_retries(result)
+    assert "invalid_client" in message
+    for variable in ("SALESFORCE_CLIENT_ID", "SALESFORCE_CLIENT_SECRET", "SALESFORCE_REFRESH_TOKEN"):
+        assert variable in message
 
     ok = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities])
     assert ok.success
@@ -253,3 +356,27 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     failures = [event for event in result.all_events if event.is_step_failure]
     assert failures, "the step should have failed"
     return "\n".join(str(event.step_failure_data.error) for event in failures) + os.linesep
+
+
+def _failed_once_without_retries(result: dg.ExecuteInProcessResult) -> str:
+    """The failure message of a run whose step failed once, Dagster's retry policy not applied."""
+    assert not result.success
+    types = [event.event_type for event in result.all_events]
+    assert types.count(dg.DagsterEventType.STEP_FAILURE) == 1
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in types
+    return _failure_message(result)
+
+
+def _production_resource(sandbox, token_dir, **overrides) -> SalesforceResource:
+    """The resource with the sandbox's credentials and every other setting at its production default."""
+    env = sandbox.env()
+    config = {
+        "token_url": env["SALESFORCE_TOKEN_URL"],
+        "client_id": env["SALESFORCE_CLIENT_ID"],
+        "client_secret": env["SALESFORCE_CLIENT_SECRET"],
+        "refresh_token": env["SALESFORCE_REFRESH_TOKEN"],
+        "ca_bundle": sandbox.ca_bundle,
+        "token_store": FileTokenStore(directory=str(token_dir)),
+        **overrides,
+    }
+    return SalesforceResource(**config)

@@ -315,6 +315,20 @@ def test_a_locator_is_a_snapshot_that_outlives_its_session(sb):
     assert error_of(excinfo)["errorCode"] == "INVALID_QUERY_LOCATOR"
 
 
+def test_a_locator_left_idle_lapses_and_one_in_use_does_not(sb):
+    sb.salesforce.cursor_idle_seconds = 1.0
+    sf = connect(sb)
+    query = "SELECT Id FROM Contact ORDER BY Id"
+    busy, idle = sf.query(query, headers=BATCH_OF_200), sf.query(query, headers=BATCH_OF_200)
+    for _ in range(3):  # each request resets the idle clock of its own cursor only
+        time.sleep(0.4)
+        busy = sf.query_more(busy["nextRecordsUrl"], identifier_is_url=True, headers=BATCH_OF_200)
+    with pytest.raises(SalesforceMalformedRequest) as excinfo:
+        sf.query_more(idle["nextRecordsUrl"], identifier_is_url=True, headers=BATCH_OF_200)
+    assert error_of(excinfo)["errorCode"] == "INVALID_QUERY_LOCATOR"
+    assert sb.salesforce.cursors_expired == 1
+
+
 def test_concurrent_cursors_page_independently(sb):
     sf = connect(sb)
 
@@ -349,7 +363,8 @@ def test_soql_errors_match_salesforce(sb):
         "SELECT Foo FROM Account": ("INVALID_FIELD", "No such column 'Foo' on entity 'Account'."),
         "SELECT Id FROM Foo": ("INVALID_TYPE", "sObject type 'Foo' is not supported."),
         "SELECT Id FROM Account WHERE": ("MALFORMED_QUERY", "unexpected token: <EOF>"),
-        "SELECT Id FROM Account WHERE Name = 'a' OR Name = 'b'": ("MALFORMED_QUERY", "unexpected token: OR"),
+        "SELECT Id FROM Account WHERE Name = 'a' AND Name = 'b' OR Name = 'c'": ("MALFORMED_QUERY", "token: OR"),
+        "SELECT Id FROM Account WHERE (Name = 'a'": ("MALFORMED_QUERY", "unexpected token: <EOF>"),
         "SELECT Id, Id FROM Account": ("MALFORMED_QUERY", "duplicate field selected: Id"),
         "SELECT Id FROM Account WHERE SystemModstamp > 2026-11-01": ("INVALID_FIELD", "must be of type dateTime"),
         "SELECT Id FROM Account WHERE Name = 5": ("INVALID_FIELD", "must be of type string"),
@@ -392,7 +407,21 @@ def test_soql_is_case_insensitive_and_reads_every_literal_form(sb):
     assert not_ceo == contacts.height - (contacts["Title"] == "CEO").sum()
 
     parsed = soql.parse(r"SELECT Id FROM Lead WHERE Company = 'O\'Brien \\ Sons' AND IsConverted = false")
-    assert [condition.value for condition in parsed.conditions] == ["O'Brien \\ Sons", False]
+    assert [condition.value for condition in parsed.where.parts] == ["O'Brien \\ Sons", False]
+
+
+def test_soql_reads_a_keyset_condition_with_or_and_parentheses(sb):
+    sf = connect(sb)
+    truth = sb.salesforce.truth("Contact").filter(~pl.col("IsDeleted")).sort("SystemModstamp", "Id")
+    middle = truth.row(truth.height // 2, named=True)
+    stamp, record_id = literal(middle["SystemModstamp"]), middle["Id"]
+    query = (
+        f"SELECT Id FROM Contact WHERE SystemModstamp >= {literal(truth['SystemModstamp'][0])} AND "
+        f"(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > '{record_id}')) "
+        "ORDER BY SystemModstamp, Id"
+    )
+    served_ids = [record["Id"] for record in sf.query_all(query)["records"]]
+    assert served_ids == truth["Id"].to_list()[truth.height // 2 + 1 :]
 
 
 def test_describe_lists_fields_with_the_custom_external_id(sb):

@@ -2,8 +2,9 @@
 
 A client first trades the refresh token for an access token (the OAuth refresh-token grant);
 sessions then expire by calls or age, every API call spends the org's daily budget, and a query
-pages through a cursor that snapshots its result at the first page. Reads take one immutable
-table per request and never lock; changes made by tests build a new table and swap it in.
+pages through a cursor that snapshots its result at the first page and lapses when left idle.
+Reads take one immutable table per request and never lock; changes made by tests build a new
+table and swap it in.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from revenue_pipelines.sandbox.server import (
 API = r"/services/data/v(?P<version>\d+\.\d+)"
 BATCH_SIZE_RANGE = (200, 2000)  # what Sforce-Query-Options: batchSize may ask for
 MAX_OPEN_CURSORS = 10  # per user; opening another releases the oldest, as Salesforce does
+CURSOR_IDLE_SECONDS = 15 * 60  # Salesforce drops a query locator nobody asked for in this long
 # Generic categories the server raises -> Salesforce's error codes.
 ERROR_CODES = {
     "OBJECT_NOT_FOUND": "NOT_FOUND",
@@ -70,7 +72,7 @@ class _Session:
     calls: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Cursor:
     """A query's result as of its first page: the table as it was then, and its rows in order."""
 
@@ -78,6 +80,7 @@ class _Cursor:
     table: pl.DataFrame
     rows: pl.Series
     endpoint: str  # query or queryAll
+    used_at: float  # time.monotonic() when a page of it was last served
 
 
 class Salesforce(Service):
@@ -105,6 +108,8 @@ class Salesforce(Service):
         self.batch_size = BATCH_SIZE_RANGE[1]
         self.query_timeout_rows: int | None = None
         self.query_timeouts = 0
+        self.cursor_idle_seconds: float = CURSOR_IDLE_SECONDS  # tests shorten it to lose a cursor mid-read
+        self.cursors_expired = 0
         self._sessions: dict[str, _Session] = {}
         self._cursors: dict[str, _Cursor] = {}  # oldest first
         self._cursors_opened = 0
@@ -293,13 +298,20 @@ class Salesforce(Service):
             with self._lock:
                 self.query_timeouts += 1
             raise ApiError(400, "Your query request was running for too long.", "QUERY_TIMEOUT")
-        return self._page(request, _Cursor(plan, table, rows, request.params["endpoint"]), None, 0)
+        cursor = _Cursor(plan, table, rows, request.params["endpoint"], time.monotonic())
+        return self._page(request, cursor, None, 0)
 
     def _query_more(self, request: Request) -> Response:
         locator, offset = request.params["locator"], int(request.params["offset"])
-        cursor = self._cursors.get(locator)
-        if cursor is None or offset > len(cursor.rows):
-            raise ApiError(400, "invalid query locator", "INVALID_QUERY_LOCATOR")
+        with self._lock:
+            cursor = self._cursors.get(locator)
+            if cursor is not None and time.monotonic() - cursor.used_at >= self.cursor_idle_seconds:
+                del self._cursors[locator]
+                self.cursors_expired += 1
+                cursor = None
+            if cursor is None or offset > len(cursor.rows):
+                raise ApiError(400, "invalid query locator", "INVALID_QUERY_LOCATOR")
+            cursor.used_at = time.monotonic()
         return self._page(request, cursor, locator, offset)
 
     def _page(self, request: Request, cursor: _Cursor, locator: str | None, offset: int) -> Response:

@@ -1,9 +1,9 @@
 """The SOQL subset the Salesforce sandbox answers, parsed by a small tokenizer into polars expressions.
 
-    SELECT f1, f2 FROM Object [WHERE cond (AND cond)*] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST] (, ...)*]
-    [LIMIT n]
+    SELECT f1, f2 FROM Object [WHERE expr] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST] (, ...)*] [LIMIT n]
 
-where cond is `Field op literal`. Keywords, object and field names are case-insensitive; text
+where expr is conditions `Field op literal` or parenthesised exprs joined by AND or by OR (mixing
+the two needs parentheses, as in Salesforce). Keywords, object and field names are case-insensitive; text
 compares case-insensitively (Ids excepted), `!=` also matches nulls, and a literal must have
 its field's type, all as in Salesforce.
 """
@@ -30,6 +30,8 @@ TOKEN = re.compile(
     |(?P<string>'(?:[^'\\]|\\.)*')
     |(?P<operator>!=|<>|<=|>=|=|<|>)
     |(?P<comma>,)
+    |(?P<open>\()
+    |(?P<close>\))
     |(?P<word>[A-Za-z_]\w*)""",
     re.VERBOSE,
 )
@@ -81,10 +83,18 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Junction:
+    """Conditions joined by one operator."""
+
+    operator: str  # AND or OR
+    parts: tuple[Condition | Junction, ...]
+
+
+@dataclass(frozen=True)
 class Query:
     fields: tuple[str, ...]
     object_name: str
-    conditions: tuple[Condition, ...]
+    where: Condition | Junction | None
     order: tuple[tuple[str, bool, bool], ...]  # (field, descending, nulls last)
     limit: int | None
 
@@ -117,9 +127,16 @@ def plan(text: str, schemas: dict[str, tuple[Field, ...]]) -> Plan:
     if len({chosen.name for chosen in selected}) < len(selected):
         duplicate = next(chosen.name for chosen in selected if selected.count(chosen) > 1)
         raise ApiError(400, f"duplicate field selected: {duplicate}", "MALFORMED_QUERY")
-    where = pl.all_horizontal(
-        pl.lit(True), *(_condition(field(condition.field), condition) for condition in query.conditions)
-    )
+
+    def expression(node: Condition | Junction | None) -> pl.Expr:
+        if node is None:
+            return pl.lit(True)
+        if isinstance(node, Condition):
+            return _condition(field(node.field), node)
+        join = pl.all_horizontal if node.operator == "AND" else pl.any_horizontal
+        return join(*(expression(part) for part in node.parts))
+
+    where = expression(query.where)
     order = tuple((field(name).name, descending, nulls_last) for name, descending, nulls_last in query.order)
     return Plan(object_name, selected, where, order, query.limit)
 
@@ -166,11 +183,7 @@ class _Parser:
         fields = self._list(self._name)
         self._keyword("FROM")
         object_name = self._name()
-        conditions = []
-        if self._accept("WHERE"):
-            conditions.append(self._condition())
-            while self._accept("AND"):
-                conditions.append(self._condition())
+        where = self._expression() if self._accept("WHERE") else None
         order = []
         if self._accept("ORDER"):
             self._keyword("BY")
@@ -183,7 +196,28 @@ class _Parser:
             limit = int(token.text)
         if self._peek() is not self._end:
             self._unexpected(self._peek())
-        return Query(tuple(fields), object_name, tuple(conditions), tuple(order), limit)
+        return Query(tuple(fields), object_name, where, tuple(order), limit)
+
+    def _expression(self) -> Condition | Junction:
+        parts = [self._operand()]
+        joined_by = None
+        while self._peek().is_keyword("AND", "OR"):
+            token = self._next()
+            if joined_by not in (None, token.text.upper()):
+                self._unexpected(token)  # AND and OR mixed without parentheses
+            joined_by = token.text.upper()
+            parts.append(self._operand())
+        return parts[0] if joined_by is None else Junction(joined_by, tuple(parts))
+
+    def _operand(self) -> Condition | Junction:
+        if self._peek().kind != "open":
+            return self._condition()
+        self._next()
+        inner = self._expression()
+        token = self._next()
+        if token.kind != "close":
+            self._unexpected(token)
+        return inner
 
     def _condition(self) -> Condition:
         field = self._name()

@@ -14,6 +14,7 @@ from revenue_pipelines.lib.raw_assets import WindowRead, raw_table_asset
 from revenue_pipelines.lib.validation import schema_dtypes
 
 ENVELOPE_COLUMNS = {"id", "IsDeleted", "changed_at"}
+QUERY_WINDOW_SECONDS = "query_window_seconds"
 
 
 def _fields_of(schema: type[pa.DataFrameModel]) -> tuple[str, ...]:
@@ -28,19 +29,32 @@ LEADS = SalesforceObject("Lead", _fields_of(Lead))
 USERS = SalesforceObject("User", _fields_of(User), deletable=False)
 
 
+def _remembered_window_seconds(instance: dg.DagsterInstance, key: dg.AssetKey) -> int | None:
+    """The query window the table's last materialization ended with: where a new read starts, so
+    queries that timed out last time are not sent again whole."""
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event else None
+    remembered = materialization.metadata.get(QUERY_WINDOW_SECONDS) if materialization else None
+    return remembered.value if isinstance(remembered, dg.IntMetadataValue) else None
+
+
 def _salesforce_table(
     table: str, obj: SalesforceObject, schema: type[pa.DataFrameModel], description: str
 ) -> dg.AssetsDefinition:
     def read(context: dg.AssetExecutionContext, start: datetime, end: datetime):
         salesforce: SalesforceResource = context.resources.salesforce
-        frame, stats = salesforce.read_window(obj, start, end)
+        remembered = _remembered_window_seconds(context.instance, context.assets_def.keys_by_output_name["raw"])
+        frame, stats = salesforce.read_window(obj, start, end, query_window_seconds=remembered)
         metadata = {
             "deleted_rows": stats.deleted,
             "api_requests": stats.requests,
             "api_retries": stats.retries,
             "session_renewals": stats.session_renewals,
             "window_splits": stats.window_splits,
+            "query_resumes": stats.query_resumes,
         }
+        if stats.query_window_seconds is not None:
+            metadata[QUERY_WINDOW_SECONDS] = stats.query_window_seconds
         if salesforce.api_usage:
             used, limit = salesforce.api_usage
             metadata["org_api_usage"] = f"{used:,} of {limit:,} daily requests"

@@ -4,7 +4,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,11 +18,15 @@ from requests.adapters import HTTPAdapter
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
 from simple_salesforce.util import exception_handler
+from urllib3 import Retry
 
-from revenue_pipelines.lib.http import transport_retry
+from revenue_pipelines.lib.http import first_contact_retry, transport_retry, unreachable
 from revenue_pipelines.lib.token_store import Tokens, TokenStore
 
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+SERVED_INSTANT = "%Y-%m-%dT%H:%M:%S.%f%z"  # how Salesforce writes a datetime, e.g. 2026-11-20T12:00:00.000+0000
+DAY_SECONDS = 86_400
 ENVELOPE = ("Id", "IsDeleted", "SystemModstamp")  # read from every object, whatever the table declares
 BUDGET_EXHAUSTED = "REQUEST_LIMIT_EXCEEDED"
 SESSION_RENEWALS_IN_A_ROW = 2  # a fresh session refused at once means the grant is wrong, not expired
@@ -61,13 +65,36 @@ class WindowStats:
     retries: int = 0
     session_renewals: int = 0
     window_splits: int = 0
+    query_resumes: int = 0
+    """Queries started again after the last record read, because Salesforce dropped their cursor."""
+    query_window_seconds: int | None = None
+    """The longest query window the next read should start from; None: no limit (one query per read)."""
     deleted: int = 0
     missing_fields: list[str] = field(default_factory=list)
     """Requested fields the object's describe no longer lists: deleted or renamed at the source."""
 
 
 class _QueryTimeout(Exception):
-    """Salesforce gave up on a query (QUERY_TIMEOUT): the window is too big to read in one query."""
+    """Salesforce gave up on a query (QUERY_TIMEOUT), or did not answer within the read timeout:
+    the window is too big to read in one query."""
+
+
+class _CursorLost(Exception):
+    """Salesforce dropped the query's cursor (INVALID_QUERY_LOCATOR): idle too long, or more than 10 open."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What one query reads: the records changed in [start, end) that sort after `after`
+    (SystemModstamp as served, Id), when an earlier query of the window stopped there."""
+
+    start: datetime
+    end: datetime
+    after: tuple[str, str] | None = None
+
+    @property
+    def seconds(self) -> int:
+        return int((self.end - self.start).total_seconds())
 
 
 class _PinnedTrustSession(requests.Session):
@@ -90,8 +117,9 @@ class SalesforceResource(dg.ConfigurableResource):
     `SystemModstamp, Id` and paged by Salesforce's query locator, a snapshot, so records sharing one
     timestamp across a batch boundary are each read once. The resource owns the session: it runs
     the refresh-token grant itself, keeps a rotated refresh token in its token store, and repeats
-    the request that met an expired session. It stops before the org's daily API budget runs out,
-    and halves a window whose query times out.
+    the request that met an expired session. It stops at about a share of the org's daily API
+    budget, halves a window whose query times out, and resumes after the last record it read when
+    Salesforce drops a query's cursor.
     """
 
     token_url: str = Field(description="OAuth token endpoint, e.g. https://login.salesforce.com/services/oauth2/token.")
@@ -106,7 +134,11 @@ class SalesforceResource(dg.ConfigurableResource):
     )
     api_version: str = Field(default="62.0", pattern=r"^\d+\.\d$")
     max_api_usage_share: float = Field(
-        default=0.8, gt=0, le=1, description="Stop before the org has used this share of its daily API requests."
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Stop at about this share of the org's daily API requests (steps reading at once may each "
+        "send one more).",
     )
     batch_size: int = Field(
         default=2000, ge=200, le=2000, description="Records per query batch (Sforce-Query-Options)."
@@ -117,6 +149,10 @@ class SalesforceResource(dg.ConfigurableResource):
     timeout_seconds: float = Field(default=120.0, description="Read timeout per request.")
 
     _http: requests.Session = PrivateAttr()
+    _retry: Retry = PrivateAttr()
+    _adapter: HTTPAdapter = PrivateAttr()
+    _query_start_adapter: HTTPAdapter = PrivateAttr()
+    _answered: bool = PrivateAttr(default=False)
     _client: Salesforce | None = PrivateAttr(default=None)
     _usage: tuple[int, int] | None = PrivateAttr(default=None)
     _requests: int = PrivateAttr(default=0)
@@ -126,38 +162,50 @@ class SalesforceResource(dg.ConfigurableResource):
         self._http = _PinnedTrustSession() if self.ca_bundle else requests.Session()
         if self.ca_bundle:
             self._http.verify = self.ca_bundle
-        retry = transport_retry(self.max_retries, self.backoff_factor_seconds, self.backoff_max_seconds)
-        self._http.mount("https://", HTTPAdapter(max_retries=retry))
+        self._retry = transport_retry(self.max_retries, self.backoff_factor_seconds, self.backoff_max_seconds)
+        # Until Salesforce first answers, a connection that cannot be made is a wrong address: quick tries.
+        self._adapter = HTTPAdapter(max_retries=first_contact_retry(self._retry))
+        self._http.mount("https://", self._adapter)
+        # A query's first request is not repeated on a read timeout: Salesforce is still running it,
+        # and a smaller window is the retry (`read_window`).
+        self._query_start_adapter = HTTPAdapter(max_retries=self._retry.new(read=False))
         self._http.hooks["response"].append(self._observe)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._http.close()
 
-    def read_window(self, obj: SalesforceObject, start: datetime, end: datetime) -> tuple[pl.DataFrame, WindowStats]:
+    def read_window(
+        self, obj: SalesforceObject, start: datetime, end: datetime, query_window_seconds: int | None = None
+    ) -> tuple[pl.DataFrame, WindowStats]:
         """Every record of `obj` changed or deleted in [start, end), as received (text columns).
 
         Columns: `id`, `IsDeleted`, `changed_at` (the record's `SystemModstamp`) and each requested
-        field the object still has, under its API name.
+        field the object still has, under its API name. `query_window_seconds` (a previous read's
+        `stats.query_window_seconds`) cuts the range into queries that short, sparing the queries
+        that would time out before being halved.
         """
         stats = WindowStats()
         requests_before, retries_before = self._requests, self._retries
         fields = self._present_fields(obj, stats)
         pages: list[pl.DataFrame] = []
-        pending = [(start, end)]
+        pending = _windows(start, end, query_window_seconds)[::-1]  # a stack: the earliest window on top
+        answered: list[int] = []  # the lengths of the windows whose query answered
         while pending:
-            low, high = pending.pop()
+            window = pending.pop()
+            last: pl.DataFrame | None = None
             try:
-                pages += self._read_query(obj, fields, low, high, stats)
+                for page in self._read_query(obj, fields, window, stats):
+                    pages.append(page)
+                    last = page if page.height else last
+                answered.append(window.seconds)
+            except _CursorLost:
+                answered.append(window.seconds)
+                pending.append(_rest_of(window, last))
+                stats.query_resumes += 1
             except _QueryTimeout:
-                middle = low + timedelta(seconds=(high - low).total_seconds() // 2)
-                if middle <= low:
-                    raise dg.Failure(
-                        description=f"Salesforce timed out querying {obj.name} even for the one second "
-                        f"from {low.isoformat()}; the object needs a selective index on SystemModstamp.",
-                        allow_retries=True,
-                    ) from None
-                pending += [(middle, high), (low, middle)]  # earlier half first
+                pending += _halves(obj, _rest_of(window, last))[::-1]
                 stats.window_splits += 1
+        stats.query_window_seconds = _next_window_seconds(query_window_seconds, answered, stats.window_splits)
         empty = pl.DataFrame(schema=dict.fromkeys(obj.columns(fields), pl.String))
         frame = pl.concat([_complete(empty, obj, fields), *pages], how="vertical", rechunk=True)
         frame = frame.rename({"Id": "id", "SystemModstamp": "changed_at"})
@@ -182,15 +230,17 @@ class SalesforceResource(dg.ConfigurableResource):
         return [name for name in obj.fields if name in existing]
 
     def _read_query(
-        self, obj: SalesforceObject, fields: list[str], start: datetime, end: datetime, stats: WindowStats
-    ) -> list[pl.DataFrame]:
-        """One query's batches as frames. The next batch is fetched while the current one becomes a
-        frame, so the server's time and ours overlap; one request is in flight at a time."""
+        self, obj: SalesforceObject, fields: list[str], window: _Window, stats: WindowStats
+    ) -> Iterator[pl.DataFrame]:
+        """One query's batches as frames, in order. The next batch is fetched while the current one
+        becomes a frame, so the server's time and ours overlap; one request is in flight at a time."""
         columns = obj.columns(fields)
-        first = {"q": window_soql(obj.name, columns, start, end)}
-        pages = []
+        first = {"q": window_soql(obj.name, columns, window.start, window.end, window.after)}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="salesforce-query") as fetcher:
-            body = self._call(stats, lambda sf: self._get_batch(sf, sf.base_url + "queryAll/", first))
+            try:
+                body = self._call(stats, lambda sf: self._get_batch(sf, sf.base_url + "queryAll/", first))
+            except requests.exceptions.ReadTimeout:
+                raise _QueryTimeout from None
             while True:
                 page = _parse_batch(body, columns)
                 following = None
@@ -199,9 +249,9 @@ class SalesforceResource(dg.ConfigurableResource):
                     following = fetcher.submit(
                         self._call, stats, lambda sf, url=url: self._get_batch(sf, f"https://{sf.sf_instance}{url}")
                     )
-                pages.append(_complete(page.records, obj, fields))
+                yield _complete(page.records, obj, fields)
                 if following is None:
-                    return pages
+                    return
                 body = following.result()
 
     def _get_batch(self, sf: Salesforce, url: str, params: dict[str, str] | None = None) -> bytes:
@@ -225,7 +275,9 @@ class SalesforceResource(dg.ConfigurableResource):
 
         Statuses and connection failures are retried underneath, in urllib3. What urllib3 cannot see
         is handled here: a body cut short after the headers arrived (re-requested with backoff), an
-        expired session (renewed, then the same request again), and Salesforce's own refusals.
+        expired session (renewed, then the same request again), and Salesforce's own refusals. Before
+        Salesforce has answered once, a refused connection, an unknown host or an untrusted
+        certificate is a wrong setting: the step fails at once, without retries, naming it.
         """
         renewals_in_a_row = 0
         broken_bodies = 0
@@ -246,11 +298,17 @@ class SalesforceResource(dg.ConfigurableResource):
                 stats.session_renewals += 1
             except requests.exceptions.SSLError as error:
                 raise dg.Failure(
-                    description=f"The Salesforce server's TLS certificate was not trusted ({error}). Set "
-                    "SALESFORCE_CA_BUNDLE to the CA bundle it chains to, or fix the machine's trust store.",
+                    description=f"The TLS certificate of the Salesforce server at {_address(error, self.token_url)} "
+                    f"was not trusted ({error}). Check SALESFORCE_TOKEN_URL, and set SALESFORCE_CA_BUNDLE to the "
+                    "CA bundle the server chains to, or fix the machine's trust store.",
                     allow_retries=False,  # a retry meets the same certificate
                 ) from None
-            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as error:
+                if not self._answered:
+                    address = _address(error, self.token_url)
+                    failure = unreachable("Salesforce", address, "SALESFORCE_TOKEN_URL", error)
+                    if failure is not None:
+                        raise failure from None
                 broken_bodies += 1
                 if broken_bodies > self.max_retries:
                     raise
@@ -266,6 +324,9 @@ class SalesforceResource(dg.ConfigurableResource):
     def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """Every response: count it and its transport retries, and note the org's API usage."""
         self._requests += 1
+        if not self._answered:
+            self._answered = True
+            self._adapter.max_retries = self._retry  # Salesforce is there: connection errors are transient now
         retries = getattr(response.raw, "retries", None)
         self._retries += len(retries.history) if retries else 0
         usage = Salesforce.parse_api_usage(response.headers.get("Sforce-Limit-Info") or "").get("api-usage")
@@ -279,9 +340,10 @@ class SalesforceResource(dg.ConfigurableResource):
         if used >= self.max_api_usage_share * limit:
             raise dg.Failure(
                 description=f"Salesforce API budget: the org has used {used:,} of its {limit:,} daily API "
-                f"requests ({used / limit:.0%}); this pipeline stops at {self.max_api_usage_share:.0%} "
-                "(max_api_usage_share) to leave the rest to other integrations. Run it again once the "
-                "rolling 24-hour usage has fallen.",
+                f"requests ({used / limit:.0%}); this pipeline stops at about {self.max_api_usage_share:.0%} "
+                "(max_api_usage_share; each step checks the usage of its last answer, so steps reading at once "
+                "may each send one more request) to leave the rest to other integrations. Run it again once "
+                "the rolling 24-hour usage has fallen.",
                 allow_retries=False,
             )
 
@@ -309,6 +371,7 @@ class SalesforceResource(dg.ConfigurableResource):
             version=self.api_version,
             session=self._http,
         )
+        self._http.mount(self._client.base_url + "queryAll/?", self._query_start_adapter)
 
     def _grant(self, refresh_token: str) -> Tokens:
         response = self._http.post(
@@ -326,13 +389,22 @@ class SalesforceResource(dg.ConfigurableResource):
         except ValueError:
             answer = {}
         if response.status_code != 200 or "access_token" not in answer:
+            transient = response.status_code == 429 or response.status_code >= 500
+            if transient:
+                advice = "The token endpoint is failing; the step is retried later."
+            elif "error" in answer:
+                advice = (
+                    "Check SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET (the connected app's consumer key "
+                    "and secret) and SALESFORCE_REFRESH_TOKEN; if the refresh token was revoked or expired, "
+                    "authorise the connected app again and set SALESFORCE_REFRESH_TOKEN."
+                )
+            else:
+                advice = "That is not an OAuth token endpoint's answer: check SALESFORCE_TOKEN_URL."
             raise dg.Failure(
                 description=f"Salesforce refused the refresh-token grant at {self.token_url} with "
                 f"{response.status_code} {answer.get('error', '')}: "
-                f"{answer.get('error_description', response.reason)}. "
-                "If the refresh token was revoked or expired, authorise the connected app again and "
-                "set SALESFORCE_REFRESH_TOKEN.",
-                allow_retries=False,
+                f"{answer.get('error_description', response.reason)}. {advice}",
+                allow_retries=transient,
             )
         rotated = "refresh_token" in answer
         logger.info(f"Salesforce session renewed{'; the rotated refresh token is saved' if rotated else ''}.")
@@ -354,6 +426,8 @@ def _refusal(error: SalesforceError) -> Exception:
     codes = {item.get("errorCode") for item in items}
     if "QUERY_TIMEOUT" in codes:
         return _QueryTimeout()
+    if "INVALID_QUERY_LOCATOR" in codes:
+        return _CursorLost()
     message = "; ".join(f"{item.get('errorCode')}: {item.get('message')}" for item in items) or str(error.content)[:500]
     if BUDGET_EXHAUSTED in codes:
         return dg.Failure(
@@ -369,16 +443,73 @@ def _refusal(error: SalesforceError) -> Exception:
     )
 
 
-def window_soql(sobject: str, columns: list[str], start: datetime, end: datetime) -> str:
-    """The SOQL for one window. The query API takes no parameters: the names are checked identifiers
-    (`SalesforceObject`) and the bounds are formatted from datetimes, so no text reaches it unchecked."""
+def window_soql(
+    sobject: str, columns: list[str], start: datetime, end: datetime, after: tuple[str, str] | None = None
+) -> str:
+    """The SOQL for one window, or for the part of it that sorts after `after` (SystemModstamp as
+    served, Id). The query API takes no parameters: the names are checked identifiers
+    (`SalesforceObject`), the instants are formatted from datetimes and the Id must be one, so no
+    text reaches it unchecked."""
     window = f"SystemModstamp >= {_soql_instant(start)} AND SystemModstamp < {_soql_instant(end)}"
+    if after is not None:
+        served, record_id = after
+        if not RECORD_ID.fullmatch(record_id):
+            raise ValueError(f"{record_id!r} is not a Salesforce record id")
+        stamp = _soql_instant(datetime.strptime(served, SERVED_INSTANT))
+        window += f" AND (SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > '{record_id}'))"
     return f"SELECT {', '.join(columns)} FROM {sobject} WHERE {window} ORDER BY SystemModstamp, Id"  # noqa: S608
 
 
 def _soql_instant(instant: datetime) -> str:
-    """A SOQL datetime literal (whole seconds, UTC): formatted from a datetime, never from text."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A SOQL datetime literal in UTC, formatted from a datetime, never from text. Whole seconds,
+    as Salesforce keeps its datetimes, unless the instant has milliseconds (the sandbox keeps them)."""
+    instant = instant.astimezone(UTC)
+    milliseconds = f".{instant.microsecond // 1000:03d}" if instant.microsecond >= 1000 else ""
+    return instant.strftime("%Y-%m-%dT%H:%M:%S") + milliseconds + "Z"
+
+
+def _windows(start: datetime, end: datetime, seconds: int | None) -> list[_Window]:
+    """[start, end) cut into windows of `seconds` (the last may be shorter), or whole if None."""
+    if seconds is None:
+        return [_Window(start, end)]
+    bounds = [start]
+    while bounds[-1] + timedelta(seconds=seconds) < end:
+        bounds.append(bounds[-1] + timedelta(seconds=seconds))
+    return [_Window(low, high) for low, high in zip(bounds, [*bounds[1:], end], strict=True)]
+
+
+def _rest_of(window: _Window, last: pl.DataFrame | None) -> _Window:
+    """What is left of `window` once the records up to the end of `last`, its last page read, are in."""
+    if last is None:
+        return window
+    return _Window(window.start, window.end, (last["SystemModstamp"][-1], last["Id"][-1]))
+
+
+def _halves(obj: SalesforceObject, window: _Window) -> list[_Window]:
+    """The halves of a window whose query timed out, earlier first, cut at whole seconds."""
+    middle = window.start + timedelta(seconds=window.seconds // 2)
+    if middle <= window.start:
+        raise dg.Failure(
+            description=f"Salesforce timed out querying {obj.name} even for the one second from "
+            f"{window.start.isoformat()}; the object needs a selective index on SystemModstamp.",
+            allow_retries=True,
+        )
+    return [_Window(window.start, middle, window.after), _Window(middle, window.end, window.after)]
+
+
+def _next_window_seconds(previous: int | None, answered: list[int], window_splits: int) -> int | None:
+    """The window the next read starts from: after a timeout, the shortest window that answered; else
+    twice the previous one, up to a day, so one busy day does not keep later reads in small pieces."""
+    if window_splits:
+        return min(answered, default=previous)
+    return None if previous is None else min(2 * previous, DAY_SECONDS)
+
+
+def _address(error: requests.exceptions.RequestException, default: str) -> str:
+    """The URL a failed request went to, without its query string."""
+    request = error.request
+    url = request.url if request is not None and request.url else default
+    return url.split("?", 1)[0]
 
 
 @dataclass(frozen=True)
