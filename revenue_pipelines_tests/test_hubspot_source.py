@@ -117,47 +117,73 @@ def test_the_burst_limit_is_waited_out(sandbox_factory, tmp_path, retry_after):
     _reconcile(sandbox, tmp_path, "contacts")
 
 
-def test_bad_records_fail_the_blocking_check_and_sit_in_quarantine(sandbox, tmp_path):
+def test_unusable_rows_sit_in_quarantine_and_odd_emails_are_kept_and_warned(sandbox, tmp_path):
     window = (datetime(2026, 11, 12, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
     bad_emails = sandbox.hubspot.malform("contacts", "bad_email", 3, within=window)
     missing_ids = sandbox.hubspot.malform("contacts", "missing_id", 1, within=window)
     negative = sandbox.hubspot.malform("deals", "negative_amount", 2, within=window)
     wrong_type = sandbox.hubspot.malform("deals", "wrong_type", 1, within=window)
 
-    @dg.asset(deps=[dg.AssetKey(["hubspot", "raw", "contacts"])])
-    def downstream_of_contacts() -> None: ...
+    @dg.asset(deps=[dg.AssetKey(["hubspot", "raw", "deals"])])
+    def downstream_of_deals() -> None: ...
 
     result = materialize_hubspot(
-        sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals, downstream_of_contacts]
+        sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts, hubspot_deals, downstream_of_deals]
     )
+    # Three of a small sample's deals exceed the 1% tolerance: the blocking check stops what follows.
     assert not result.success
-    assert not result.asset_materializations_for_node("downstream_of_contacts")
+    assert not result.asset_materializations_for_node("downstream_of_deals")
 
-    evaluations = {
-        e.asset_key.to_user_string(): e
-        for e in result.get_asset_check_evaluations()
-        if e.check_name == "rows_match_schema"
-    }
-    contacts_check = evaluations["hubspot/raw/contacts"]
-    assert not contacts_check.passed
-    assert contacts_check.description.startswith("hubspot/raw/contacts: 4 of ")
-    assert "email failed str_matches" in contacts_check.description and "in 3 rows" in contacts_check.description
-    assert "id failed not_nullable in 1 row" in contacts_check.description
-    deals_check = evaluations["hubspot/raw/deals"]
+    evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    contacts_check = evaluations["hubspot/raw/contacts", "rows_match_schema"]
+    assert contacts_check.description.startswith("hubspot/raw/contacts: 1 of ")
+    assert contacts_check.description.endswith("id failed not_nullable in 1 row")
+    deals_check = evaluations["hubspot/raw/deals", "rows_match_schema"]
+    assert not deals_check.passed and deals_check.severity == dg.AssetCheckSeverity.ERROR
     assert "amount failed greater_than_or_equal_to(0) in 2 rows" in deals_check.description
     assert "amount failed dtype(Float64) in 1 row" in deals_check.description
 
-    for table, bad in (("contacts", set(bad_emails) | set(missing_ids)), ("deals", set(negative) | set(wrong_type))):
+    # An odd e-mail is no reason to drop a contact: kept as received, named, and warned about.
+    fields_check = evaluations["hubspot/raw/contacts", "fields_well_formed"]
+    assert not fields_check.passed and fields_check.severity == dg.AssetCheckSeverity.WARN
+    assert "email failed str_matches in 3 rows (e.g. not-an-email)" in fields_check.description
+    contacts = read_layer(tmp_path, "hubspot", "raw", "contacts")
+    odd = contacts.filter(pl.col("malformed_fields").is_not_null())
+    assert sorted(odd["id"].to_list()) == sorted(bad_emails)
+    assert odd["email"].unique().to_list() == ["not-an-email"] and odd["malformed_fields"].unique().to_list() == [
+        "email"
+    ]
+
+    for table, bad in (("contacts", set(missing_ids)), ("deals", set(negative) | set(wrong_type))):
         raw = read_layer(tmp_path, "hubspot", "raw", table)
         quarantined = read_layer(tmp_path, "hubspot", "quarantine", table)
         assert quarantined.height == len(bad)
         assert quarantined[QUARANTINE_REASON].null_count() == 0
         assert not set(raw["id"].to_list()) & bad
         assert raw.height + quarantined.height == len(expected_ids(sandbox, table, FIRST, END))
-    quarantined_contacts = read_layer(tmp_path, "hubspot", "quarantine", "contacts")
-    assert sorted(quarantined_contacts.filter(pl.col("id").is_not_null())["email"].unique().to_list()) == [
-        "not-an-email"
-    ]
+
+
+def test_each_partition_of_a_range_is_described_by_its_own_days_rows(sandbox, tmp_path):
+    window = (datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC))
+    sandbox.hubspot.malform("contacts", "missing_id", 1, within=window)
+    sandbox.hubspot.malform("contacts", "bad_email", 2, within=window)
+    result = materialize_hubspot(sandbox, tmp_path, FIRST, END, assets=[hubspot_contacts])
+
+    by_layer: dict[str, dict[str, dict]] = {"raw": {}, "quarantine": {}}
+    for event in result.asset_materializations_for_node("hubspot_contacts"):
+        by_layer[event.asset_key.path[1]][event.partition] = event.metadata
+    days = [f"{FIRST + timedelta(days=n):%Y-%m-%d}" for n in range(10)]
+    assert sorted(by_layer["raw"]) == sorted(by_layer["quarantine"]) == days
+    raw = read_layer(tmp_path, "hubspot", "raw", "contacts")
+    quarantined = read_layer(tmp_path, "hubspot", "quarantine", "contacts")
+    for day in days:
+        metadata, on_day = by_layer["raw"][day], pl.col(PARTITION_COLUMN) == date.fromisoformat(day)
+        assert metadata["rows"].value == raw.filter(on_day).height
+        assert metadata["quarantined_rows"].value == by_layer["quarantine"][day]["rows"].value
+        assert metadata["quarantined_rows"].value == quarantined.filter(on_day).height == (day == "2026-11-15")
+        assert metadata["rows_with_malformed_fields"].value == (2 if day == "2026-11-15" else 0)
+        assert metadata["window_start"].value == f"{day}T00:00:00+00:00"
+    assert len({metadata["rows"].value for metadata in by_layer["raw"].values()}) > 1  # not the run's total
 
 
 def test_rerunning_a_range_gives_identical_output(sandbox, tmp_path):
@@ -182,7 +208,11 @@ def test_schema_drift(sandbox, tmp_path):
     assert materialization.metadata["missing_columns"].value == "jobtitle"
 
     # A required property that disappears quarantines every row and says which field.
-    [deals_check] = [e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "deals"]
+    [deals_check] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path[-1] == "deals" and e.check_name == "rows_match_schema"
+    ]
     assert not deals_check.passed
     total = len(expected_ids(sandbox, "deals", FIRST, END))
     assert f"pipeline failed not_nullable in {total} rows" in deals_check.description

@@ -60,6 +60,7 @@ ERROR_CODES = {
 # kind -> (the objects it applies to, or None for all; the fields it sets)
 MALFORMATIONS: dict[str, tuple[tuple[str, ...] | None, dict[str, Any]]] = {
     "short_id": (None, {"Id": pl.col("Id").str.slice(0, 15)}),
+    "truncated_id": (None, {"Id": pl.col("Id").str.slice(0, 12)}),
     "negative_amount": (("Opportunity",), {"Amount": -1250.0}),
     "unknown_stage": (("Opportunity",), {"StageName": "Closed Maybe"}),
     "closed_without_close_date": (("Opportunity",), {"IsClosed": True, "CloseDate": None}),
@@ -140,7 +141,8 @@ class Salesforce(Service):
         """Corrupt one live record (last changed in `within`, [start, end), if given); returns its Id
         as now served. Its SystemModstamp stays, so it stays in its window.
 
-        Kinds: short_id (the 15-character Id), and for opportunities negative_amount,
+        Kinds: short_id (the 15-character Id, still valid), truncated_id (12 characters, no Id at
+        all), and for opportunities negative_amount,
         unknown_stage (StageName "Closed Maybe") and closed_without_close_date (IsClosed, no
         CloseDate). Records are picked deterministically and never twice.
         """
@@ -160,9 +162,32 @@ class Salesforce(Service):
             self._malform_calls += 1
             chosen = random.Random(f"{self._seed}:{object_name}:{kind}:{self._malform_calls}").choice(pool)
             self._update(object_name, chosen, MALFORMATIONS[kind][1])
-            served = chosen[:15] if kind == "short_id" else chosen
+            served = {"short_id": chosen[:15], "truncated_id": chosen[:12]}.get(kind, chosen)
             self._malformed[object_name].add(served)
         return served
+
+    def set_values(self, object_name: str, field: str, values: dict[str, str | None]) -> None:
+        """Give records (by Id) these values of one field, as if they had always had them: no
+        timestamp moves. How the sandbox's realistic mess is laid on (`mess.py`)."""
+        object_name = _known(object_name)
+        if not values:
+            return
+        with self._lock:
+            frame = self._tables[object_name]
+            given = pl.DataFrame(
+                {"Id": list(values), "__value": list(values.values())}, schema_overrides={"__value": pl.Utf8}
+            )
+            self._tables[object_name] = (
+                frame.join(given, on="Id", how="left", maintain_order="left")
+                .with_columns(
+                    pl.when(pl.col("Id").is_in(given["Id"].implode()))
+                    .then("__value")
+                    .otherwise(pl.col(field))
+                    .cast(frame.schema[field])
+                    .alias(field)
+                )
+                .drop("__value")
+            )
 
     def delete(self, object_name: str, record_id: str, at: datetime) -> None:
         """Delete a record at `at`: IsDeleted, and SystemModstamp moves there. Users cannot be deleted."""
