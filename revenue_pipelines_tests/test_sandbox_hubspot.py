@@ -600,3 +600,21 @@ def test_cli_run_passes_the_environment_and_exit_code():
     command = [sys.executable, "-m", "revenue_pipelines.sandbox", "run", "--companies", "5", "--", sys.executable]
     result = subprocess.run([*command, "-c", check], capture_output=True, timeout=60)
     assert result.returncode == 3, result.stderr
+
+
+def test_realistic_mess_changes_only_the_values_it_lists_and_is_the_same_for_a_seed():
+    clean = Sandbox(seed=3, companies=40, days=10, end_date=date(2026, 11, 20))
+    messy = Sandbox(seed=3, companies=40, days=10, end_date=date(2026, 11, 20), mess=0.01)
+    again = Sandbox(seed=3, companies=40, days=10, end_date=date(2026, 11, 20), mess=0.01)
+    assert clean.mess.is_empty() and messy.mess.equals(again.mess)
+    for table in ("contacts", "companies", "deals"):
+        before, after = clean.hubspot.truth(table), messy.hubspot.truth(table)
+        assert before.select("id", "updated_at").equals(after.select("id", "updated_at"))  # no timestamp moved
+        listed = messy.mess.filter((pl.col("system") == "hubspot") & (pl.col("table") == table))
+        for column in before.columns:
+            changed = before.with_columns(pl.col("id").cast(pl.Utf8)).filter(~before[column].eq_missing(after[column]))
+            expected = listed.filter(pl.col("field") == column)["id"]
+            assert sorted(changed["id"]) == sorted(expected), (table, column)
+    websites = messy.mess.filter(pl.col("kind") == "punycode_website")
+    accounts = messy.salesforce.truth("Account").filter(pl.col("Id").is_in(websites["id"].implode()))
+    assert accounts.height == websites.height > 0 and accounts["Website"].str.contains("^https://www.xn--").all()

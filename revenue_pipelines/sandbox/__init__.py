@@ -45,6 +45,7 @@ from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.ga4_export import GA4Export
 from revenue_pipelines.sandbox.hubspot import HubSpot
+from revenue_pipelines.sandbox.mess import apply as apply_mess
 from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
@@ -77,6 +78,10 @@ class Sandbox:
     `self.bigquery.truth(dataset, table)`. Billing and the export are made from the data as generated
     here, before any test changes it. Seeding adds about 2 s at the default sizes, and about 25 s for
     5 million GA4 events (`ga4_rows_per_day` about 25,000).
+
+    `mess` is the share of records given the odd values real portals hold (`mess.py`: broken and
+    plus-addressed e-mails, internationalised domains, 15-character Salesforce ids on synced deals,
+    closed deals without a close date); `self.mess` lists them. Off (0) by default.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Sandbox:
         salesforce_port: int = 0,
         ga4_rows_per_day: int | None = None,
         bigquery: bool = False,
+        mess: float = 0.0,
     ):
         self.token = token or secrets.token_urlsafe(24)
         self.faults = FaultPlan()
@@ -120,6 +126,7 @@ class Sandbox:
             end_date=end_date,
         )
         self.hubspot.mirror_salesforce(self.salesforce.truth("Opportunity"), self.salesforce.truth_overlap())
+        self.mess = apply_mess(self.hubspot, self.salesforce, seed, mess)
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
         self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
         self._ca = trustme.CA()

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         salesforce_port=args.salesforce_port,
         ga4_rows_per_day=args.ga4_rows_per_day,
         bigquery=not args.no_bigquery,
+        mess=args.mess,
     )
     if args.command == "serve":
         return _serve(sandbox)
@@ -75,6 +76,13 @@ def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, def
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument(
         "--no-bigquery", action="store_true", help="skip BigQuery's emulator, which takes seconds to start"
+    )
+    parser.add_argument(
+        "--mess",
+        type=float,
+        default=0.0,
+        help="share of records given the odd values real portals hold (broken e-mails, internationalised "
+        "domains, 15-character Salesforce ids, closed deals without a close date), e.g. 0.005",
     )
     parser.add_argument(
         "--ga4-rows-per-day",
