@@ -21,6 +21,7 @@ from revenue_pipelines.sandbox import Sandbox
 
 JOB = "daily_revenue_job"
 DAYS = 7
+DEMO_MESS = 0.002  # about 1 record in 500 holds an odd value, as in a tidy real portal
 # One process for every step: on one machine, a process per step costs more than it saves.
 IN_PROCESS = str(Path(__file__).resolve().parents[1] / "deploy" / "in_process.yaml")
 POLL_SECONDS = 0.5
@@ -72,8 +73,9 @@ def main() -> int:
 
 
 def demo_sandbox(last_day: date) -> Sandbox:
-    """The sandbox the demo reads (its ground truth is the same, started or not)."""
-    return Sandbox(end_date=last_day, bigquery=True)
+    """The sandbox the demo reads (its ground truth is the same, started or not), with a little of
+    the mess real portals hold, so the demo shows what the WARN checks report."""
+    return Sandbox(end_date=last_day, bigquery=True, mess=DEMO_MESS)
 
 
 def _latest_run_id(instance: dg.DagsterInstance) -> str | None:

@@ -78,6 +78,13 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
     # What landed reconciles with the demo sandbox's ground truth.
     first, last = map(date.fromisoformat, re.search(r" for (\S+)\.\.(\S+) in one run", completed.stdout).groups())
     sandbox, data = demo_sandbox(last), tmp_path / "data"
+    # The demo's portals hold a little mess: where some falls in the week, a WARN check says so.
+    contacts_in_week = [str(i) for i in expected_ids(sandbox, "contacts", first, last)]
+    odd = sandbox.mess.filter(
+        pl.col("kind").is_in(["broken_email", "word_phone"]) & pl.col("id").is_in(contacts_in_week)
+    )
+    verdict = "warn" if odd.height else "passed"
+    assert f"fields_well_formed: {verdict}" in _line_of(lines, "hubspot/raw/contacts ")
     days = [f"{day:%Y-%m-%d}" for day in pl.date_range(first, last, eager=True)]
     for table in ("contacts", "companies", "deals"):
         files = sorted((data / "hubspot" / "raw" / table).glob("*.parquet"))

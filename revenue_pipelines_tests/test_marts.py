@@ -34,7 +34,7 @@ from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 
 DAY = date(2026, 3, 2)
 ACCOUNT_A = "001A0000006Vm9rIAC"
-O1, O2, O9 = "006A0000001AbcdIAA", "006A0000001AbceIAA", "006A0000001ZzzzIAA"
+O1, O2, O9 = "006A0000001AbcdIAC", "006A0000001AbceIAC", "006A0000001ZzzzIAC"  # valid 18-character ids
 
 
 def _utc(year: int, month: int, day: int) -> datetime:

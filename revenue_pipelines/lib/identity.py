@@ -58,8 +58,10 @@ def salesforce_id_18(ids: pl.Expr) -> pl.Expr:
 
 
 def normalized_domain(values: pl.Expr) -> pl.Expr:
-    """The registrable host of a website or e-mail address: lowercase, no scheme, `www.`, port, path
-    or trailing dot; null for free-mail providers and for anything without a dot."""
+    """The registrable host of a website or e-mail address: lowercase, in Unicode (an
+    internationalised domain arrives in either form: HubSpot keeps `bücher.de`, a Salesforce
+    Website often `xn--bcher-kva.de`), no scheme, `www.`, port, path or trailing dot; null for
+    free-mail providers and for anything without a dot."""
     host = (
         values.str.strip_chars()
         .str.to_lowercase()
@@ -68,8 +70,23 @@ def normalized_domain(values: pl.Expr) -> pl.Expr:
         .str.replace(r"[/?#:].*$", "")
         .str.strip_chars_end(".")
         .str.replace(r"^www\d*\.", "")
+        .map_batches(_unicode_hosts, return_dtype=pl.Utf8, is_elementwise=True)
     )
-    return pl.when(host.str.contains(r"^[a-z0-9-]+(\.[a-z0-9-]+)+$") & ~host.is_in(FREE_MAIL_DOMAINS)).then(host)
+    label = r"(?:[^\W_]|-)+"
+    return pl.when(host.str.contains(rf"^{label}(\.{label})+$") & ~host.is_in(FREE_MAIL_DOMAINS)).then(host)
+
+
+def _unicode_hosts(hosts: pl.Series) -> pl.Series:
+    """Punycode hosts in Unicode, decoded once per distinct value; one that does not decode stays."""
+    encoded = hosts.filter(hosts.str.contains("xn--")).unique()
+    return hosts.replace({host: _to_unicode(host) for host in encoded}) if encoded.len() else hosts
+
+
+def _to_unicode(host: str) -> str:
+    try:
+        return host.encode("ascii").decode("idna")
+    except UnicodeError:
+        return host
 
 
 def normalized_name(names: pl.Expr) -> pl.Expr:

@@ -9,9 +9,13 @@ warned about.
 
 import pandera.polars as pa
 import polars as pl
+from pandera.api.polars.types import PolarsData
 
 from revenue_pipelines.lib.identity import SALESFORCE_ID
 from revenue_pipelines.lib.validation import CURRENCY, DOMAIN, EMAIL, PHONE, SOFT, UTC_MS
+
+# HubSpot's closed stages of the default pipeline (custom pipelines name their own).
+CLOSED_STAGES = frozenset({"closedwon", "closedlost"})
 
 
 class HubSpotRecord(pa.DataFrameModel):
@@ -67,3 +71,10 @@ class Deal(HubSpotRecord):
     hs_analytics_source: pl.Utf8 = pa.Field(nullable=True)  # Original Source Type, from the deal's contacts
     hs_analytics_source_data_1: pl.Utf8 = pa.Field(nullable=True)
     hs_lastmodifieddate: UTC_MS = pa.Field(nullable=False)
+
+    @pa.dataframe_check(raise_warning=True)
+    def closedate_present_when_closed(cls, data: PolarsData) -> pl.LazyFrame:
+        """A deal in a closed stage of the default pipeline without a close date has no revenue
+        period of its own: the pipeline converts it at its day's rate, and RevOps should set it."""
+        closed = (pl.col("pipeline") == "default") & pl.col("dealstage").is_in(sorted(CLOSED_STAGES))
+        return data.lazyframe.select(~closed | pl.col("closedate").is_not_null())

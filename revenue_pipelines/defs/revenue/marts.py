@@ -20,6 +20,7 @@ from revenue_pipelines.defs.revenue.identity import (
 from revenue_pipelines.defs.revenue.resources import ReferenceTables
 from revenue_pipelines.lib.account_matching import SYSTEMS
 from revenue_pipelines.lib.current_state import history_since
+from revenue_pipelines.lib.identity import salesforce_id_18
 from revenue_pipelines.lib.metadata import markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.raw_assets import OWNERS
@@ -142,8 +143,9 @@ def pipeline_frame(
     """HubSpot deals and Salesforce opportunities as one model, per day of the inputs.
 
     A HubSpot deal synced from a Salesforce opportunity (`hs_salesforceopportunityid`) is that
-    opportunity, counted once, as Salesforce has it. Amounts are converted at the rate of the close
-    date for closed deals, of the day for open ones. The channel is where the deal's lead came
+    opportunity, counted once, as Salesforce has it (its id matched in the 18-character form).
+    Amounts are converted at the rate of the close date for closed deals, of the day for open ones
+    and for closed ones without a close date. The channel is where the deal's lead came
     from: the opportunity's LeadSource, or the HubSpot deal's Original Source Type (HubSpot sets it
     from the deal's contacts), with its drill-down as the campaign.
     """
@@ -179,7 +181,7 @@ def pipeline_frame(
         source=pl.col("hs_analytics_source"),
         campaign=pl.col("hs_analytics_source_data_1"),
         account_record=pl.col("company_ids").list.min().cast(pl.Utf8),
-        synced_from=pl.col("hs_salesforceopportunityid"),
+        synced_from=salesforce_id_18(pl.col("hs_salesforceopportunityid")),  # typed in 15 characters too
         changed_at=pl.col("changed_at"),
     )
     # The copy of a live opportunity goes; its id stays on the opportunity.
@@ -207,7 +209,10 @@ def pipeline_frame(
 
     stage_columns = ["unified_stage", "stage_order", "is_closed", "is_won"]
     deals = deals.pipe(_with_stage, stages).with_columns(
-        converted_on=pl.when(pl.col("is_closed")).then(pl.col("close_date")).otherwise(pl.col(PARTITION_COLUMN))
+        # A closed deal without a close date (a WARN on its raw table) converts at its day's rate.
+        converted_on=pl.when(pl.col("is_closed"))
+        .then(pl.coalesce("close_date", PARTITION_COLUMN))
+        .otherwise(pl.col(PARTITION_COLUMN))
     )
     converted = with_usd_rate(with_channel(deals, channels), rates, "converted_on").with_columns(
         amount_usd=(pl.col("amount") * pl.col("usd_per_unit")).round(2)
