@@ -138,9 +138,12 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
             row = assets.setdefault(materialization.asset_key.to_user_string(), {"checks": {}})
             metadata = materialization.metadata
             row["partitions"] = int(row.get("partitions", 0)) + 1
-            for name in ("rows", "quarantined_rows", "path"):
+            # Each partition counts its own day: the rows written add up.
+            for name in ("rows", "quarantined_rows"):
                 if name in metadata:
-                    row[name] = metadata[name].value
+                    row[name] = int(row.get(name, 0)) + metadata[name].value
+            if "path" in metadata:
+                row["path"] = metadata["path"].value
             # A state or mart counts what it holds as of the last day, under its own name.
             held = next((name for name in ("records", "deals", "accounts") if name in metadata), None)
             if held:

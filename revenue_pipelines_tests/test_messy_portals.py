@@ -107,3 +107,18 @@ def test_a_week_of_messy_portals_runs_to_success_keeping_and_warning_about_odd_v
     assert (
         undated["converted_on"].eq_missing(END).all() and undated["amount_usd"].is_not_null().all()
     )  # at the day's rate
+
+    # Each day's materialization describes that day: its count is its own file's rows.
+    counted = 0
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        metadata, path = materialization.metadata, tmp_path.joinpath(*materialization.asset_key.path)
+        count = next(
+            (metadata[name].value for name in ("records", "deals", "accounts", "rows") if name in metadata), None
+        )
+        if count is None or not path.is_dir():
+            continue
+        assert pl.read_parquet(path / f"{materialization.partition}.parquet").height == count, event.asset_key
+        assert metadata["window_start"].value.startswith(materialization.partition)
+        counted += 1
+    assert counted > 7 * 20

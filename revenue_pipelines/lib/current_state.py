@@ -14,7 +14,7 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 
-from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.metadata import describe_each_day, markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.raw_assets import CHANGED_AT, OWNERS
 
@@ -104,16 +104,21 @@ def current_state_asset(
         window = StateWindow.of(context, state_key, previous)
         days = window.days
         snapshots = apply_changes(window.previous, changes, days, removed, key)
-        latest = snapshots.filter(pl.col(PARTITION_COLUMN) == days[-1])
+        describe_each_day(
+            context,
+            snapshots,
+            lambda state, day: {
+                "records": state.height,
+                "as_of": day.isoformat(),
+                "preview": dg.MetadataValue.md(markdown_table(state)),
+            },
+        )
         return dg.MaterializeResult(
             value=snapshots,
             metadata={
-                "records": latest.height,
-                "as_of": days[-1].isoformat(),
                 "changes_applied": changes.height,
                 "removals_applied": changes.filter(removed).height,
                 HISTORY_SINCE: window.history_since.isoformat(),
-                "preview": dg.MetadataValue.md(markdown_table(latest)),
             },
         )
 

@@ -9,14 +9,14 @@ is bad.
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.metadata import describe_each_day, markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.validation import (
     DEFAULT_MAX_QUARANTINED_SHARE,
@@ -170,7 +170,9 @@ def raw_table_asset(
         valid = validated.valid.sort(PARTITION_COLUMN, *key)
         # A row whose own day cannot be told (its timestamp did not parse) is kept in the run's first day.
         quarantined = validated.quarantined.with_columns(pl.col(PARTITION_COLUMN).fill_null(start.date()))
-        _describe_partitions(context, raw_key, quarantine_key, valid, quarantined)
+        # A range run writes a file per day: each day's materialization counts that day.
+        describe_each_day(context, valid, lambda rows, day: _day_of_raw(rows, quarantined, day), raw_key)
+        describe_each_day(context, quarantined, lambda rows, _: {"rows": rows.height}, quarantine_key)
         yield dg.MaterializeResult(asset_key=raw_key, value=valid, metadata={**window_read.metadata, **missing})
         yield dg.MaterializeResult(asset_key=quarantine_key, value=quarantined)
         yield quarantine_check(raw_key, validated, SCHEMA_CHECK, config.max_quarantined_share)
@@ -181,35 +183,13 @@ def raw_table_asset(
     return _raw_table
 
 
-def _describe_partitions(
-    context: dg.AssetExecutionContext,
-    raw_key: dg.AssetKey,
-    quarantine_key: dg.AssetKey,
-    valid: pl.DataFrame,
-    quarantined: pl.DataFrame,
-) -> None:
-    """Each partition's own counts, window and preview: a range run writes a file per day, and each
-    day's materialization describes that day. What the read cost stays the run's, shared by its days."""
-    partitions_def = context.assets_def.partitions_def
-    assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
-    for partition_key in context.partition_keys:
-        window = partitions_def.time_window_for_partition_key(partition_key)
-        day = window.start.date()
-        kept = valid.filter(pl.col(PARTITION_COLUMN) == day)
-        held = quarantined.filter(pl.col(PARTITION_COLUMN) == day).height
-        bounds = {"window_start": window.start.isoformat(), "window_end": window.end.isoformat()}
-        odd = {}
-        if MALFORMED_FIELDS in kept.columns:
-            odd = {"rows_with_malformed_fields": kept.filter(pl.col(MALFORMED_FIELDS).is_not_null()).height}
-        context.add_asset_metadata(
-            {
-                "rows": kept.height,
-                "quarantined_rows": held,
-                **odd,
-                **bounds,
-                "preview": dg.MetadataValue.md(markdown_table(kept)),
-            },
-            asset_key=raw_key,
-            partition_key=partition_key,
-        )
-        context.add_asset_metadata({"rows": held, **bounds}, asset_key=quarantine_key, partition_key=partition_key)
+def _day_of_raw(kept: pl.DataFrame, quarantined: pl.DataFrame, day: date) -> dict[str, object]:
+    odd = {}
+    if MALFORMED_FIELDS in kept.columns:
+        odd = {"rows_with_malformed_fields": kept.filter(pl.col(MALFORMED_FIELDS).is_not_null()).height}
+    return {
+        "rows": kept.height,
+        "quarantined_rows": quarantined.filter(pl.col(PARTITION_COLUMN) == day).height,
+        **odd,
+        "preview": dg.MetadataValue.md(markdown_table(kept)),
+    }

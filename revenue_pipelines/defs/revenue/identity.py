@@ -1,6 +1,8 @@
 """`revenue/core/account_identity`: one account id for every Salesforce account, HubSpot company and
 billing account, day by day, with the links it refused in `revenue/core/account_conflicts`."""
 
+from datetime import date
+
 import dagster as dg
 import polars as pl
 
@@ -8,7 +10,7 @@ from revenue_pipelines.defs.revenue.resources import ReferenceTables
 from revenue_pipelines.lib.account_matching import MAPPING, MAPPING_SCHEMA, SYSTEMS, match_accounts
 from revenue_pipelines.lib.current_state import HISTORY_SINCE, StateWindow, previous_day_input
 from revenue_pipelines.lib.identity import normalized_domain, normalized_name, salesforce_id_18
-from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.metadata import describe_each_day, markdown_table, rows_and_preview
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.raw_assets import CHANGED_AT, OWNERS
 
@@ -185,30 +187,29 @@ def account_identity(
         conflicts.append(matched.conflicts.with_columns(pl.lit(day).alias(PARTITION_COLUMN)))
     identity, conflict = pl.concat(identities), pl.concat(conflicts)
     latest = identity.filter(pl.col(PARTITION_COLUMN) == window.days[-1])
-    latest_conflicts = conflict.filter(pl.col(PARTITION_COLUMN) == window.days[-1])
 
-    rules = latest.group_by("match_rule").len().sort("match_rule", nulls_last=True)
-    yield dg.MaterializeResult(
-        asset_key=IDENTITY_KEY,
-        value=identity,
-        metadata={
-            "accounts": latest["account_id"].n_unique(),
-            "records": latest.height,
-            "as_of": window.days[-1].isoformat(),
-            "conflicts": latest_conflicts.select("rule", "match_key").n_unique(),
-            "mapping_rows": mapping.height,
-            HISTORY_SINCE: window.history_since.isoformat(),
+    def identity_of(day_identity: pl.DataFrame, day: date) -> dict[str, object]:
+        rules = day_identity.group_by("match_rule").len().sort("match_rule", nulls_last=True)
+        day_conflicts = conflict.filter(pl.col(PARTITION_COLUMN) == day)
+        return {
+            "accounts": day_identity["account_id"].n_unique(),
+            "records": day_identity.height,
+            "as_of": day.isoformat(),
+            "conflicts": day_conflicts.select("rule", "match_key").n_unique(),
             "records_by_rule": dg.MetadataValue.md(
                 markdown_table(rules.with_columns(pl.col("match_rule").fill_null("unmatched")))
             ),
-            "preview": dg.MetadataValue.md(markdown_table(latest)),
-        },
-    )
+            "preview": dg.MetadataValue.md(markdown_table(day_identity)),
+        }
+
+    describe_each_day(context, identity, identity_of, IDENTITY_KEY)
+    describe_each_day(context, conflict, rows_and_preview, CONFLICTS_KEY)
     yield dg.MaterializeResult(
-        asset_key=CONFLICTS_KEY,
-        value=conflict,
-        metadata={"rows": latest_conflicts.height, "preview": dg.MetadataValue.md(markdown_table(latest_conflicts))},
+        asset_key=IDENTITY_KEY,
+        value=identity,
+        metadata={"mapping_rows": mapping.height, HISTORY_SINCE: window.history_since.isoformat()},
     )
+    yield dg.MaterializeResult(asset_key=CONFLICTS_KEY, value=conflict)
     yield one_account_per_record(identity, conflict)
     yield salesforce_accounts_matched(latest)
     yield mapping_rows_found(mapping, latest)

@@ -21,7 +21,7 @@ from revenue_pipelines.defs.revenue.resources import ReferenceTables
 from revenue_pipelines.lib.account_matching import SYSTEMS
 from revenue_pipelines.lib.current_state import history_since
 from revenue_pipelines.lib.identity import salesforce_id_18
-from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.metadata import describe_each_day, markdown_table
 from revenue_pipelines.lib.partitions import DAILY_INGESTION, PARTITION_COLUMN
 from revenue_pipelines.lib.raw_assets import OWNERS
 
@@ -386,17 +386,17 @@ def pipeline(
         rates,
         CHANNEL_MAPPING,
     ).collect(engine="streaming")
-    latest = deals.filter(pl.col(PARTITION_COLUMN) == deals[PARTITION_COLUMN].max())
-    open_deals = latest.filter(~pl.col("is_closed").fill_null(False))
-    yield dg.MaterializeResult(
-        value=deals,
-        metadata={
-            "deals": latest.height,
-            "open_pipeline_usd": round(open_deals["amount_usd"].sum(), 2),
-            "synced_deals_counted_once": latest["hubspot_deal_id"].drop_nulls().len(),
-            "preview": dg.MetadataValue.md(markdown_table(latest)),
+    describe_each_day(
+        context,
+        deals,
+        lambda day_deals, _: {
+            "deals": day_deals.height,
+            "open_pipeline_usd": round(day_deals.filter(~pl.col("is_closed").fill_null(False))["amount_usd"].sum(), 2),
+            "synced_deals_counted_once": day_deals["hubspot_deal_id"].drop_nulls().len(),
+            "preview": dg.MetadataValue.md(markdown_table(day_deals)),
         },
     )
+    yield dg.MaterializeResult(value=deals)
     yield _unmatched_check(
         STAGES_MAPPED, deals.filter(pl.col("unified_stage").is_null()), ["system", "pipeline", "stage"], "stage"
     )
@@ -623,13 +623,14 @@ def accounts(
         deals,
         reference.read("currency_rates", RATES_SCHEMA),
     ).collect(engine="streaming")
-    latest = frame.filter(pl.col(PARTITION_COLUMN) == frame[PARTITION_COLUMN].max())
-    return dg.MaterializeResult(
-        value=frame,
-        metadata={
-            "accounts": latest.height,
-            "arr_usd": round(latest["arr_usd"].sum(), 2),
-            "open_pipeline_usd": round(latest["open_pipeline_usd"].sum(), 2),
-            "preview": dg.MetadataValue.md(markdown_table(latest.sort("arr_usd", descending=True))),
+    describe_each_day(
+        context,
+        frame,
+        lambda day_accounts, _: {
+            "accounts": day_accounts.height,
+            "arr_usd": round(day_accounts["arr_usd"].sum(), 2),
+            "open_pipeline_usd": round(day_accounts["open_pipeline_usd"].sum(), 2),
+            "preview": dg.MetadataValue.md(markdown_table(day_accounts.sort("arr_usd", descending=True))),
         },
     )
+    return dg.MaterializeResult(value=frame)

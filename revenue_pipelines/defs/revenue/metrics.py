@@ -2,6 +2,8 @@
 sales cycle by segment and channel) and `revenue/marts/channel_attribution` (GA4 sessions to leads to
 opportunities to won revenue, by channel and campaign, first touch and last touch)."""
 
+from datetime import date
+
 import dagster as dg
 import polars as pl
 
@@ -14,7 +16,7 @@ from revenue_pipelines.defs.revenue.marts import (
     UNKNOWN_SEGMENT,
     with_channel,
 )
-from revenue_pipelines.lib.metadata import markdown_table
+from revenue_pipelines.lib.metadata import describe_each_day, markdown_table
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 
 METRICS_KEY = dg.AssetKey(["revenue", "marts", "daily_revenue_metrics"])
@@ -72,17 +74,21 @@ def daily_revenue_metrics_frame(deals: pl.LazyFrame, accounts: pl.LazyFrame) -> 
     ins={"deals": dg.AssetIn(PIPELINE_KEY), "accounts": dg.AssetIn(ACCOUNTS_KEY)},
     **MART_DEFAULTS,
 )
-def daily_revenue_metrics(deals: pl.LazyFrame, accounts: pl.LazyFrame) -> dg.MaterializeResult:
+def daily_revenue_metrics(
+    context: dg.AssetExecutionContext, deals: pl.LazyFrame, accounts: pl.LazyFrame
+) -> dg.MaterializeResult:
     metrics = daily_revenue_metrics_frame(deals, accounts).collect(engine="streaming")
-    return dg.MaterializeResult(
-        value=metrics,
-        metadata={
-            "rows": metrics.height,
-            "won_revenue_usd": round(metrics["won_revenue_usd"].sum(), 2),
-            "new_pipeline_usd": round(metrics["new_pipeline_usd"].sum(), 2),
-            "preview": dg.MetadataValue.md(markdown_table(metrics.sort("won_revenue_usd", descending=True))),
+    describe_each_day(
+        context,
+        metrics,
+        lambda day_metrics, _: {
+            "rows": day_metrics.height,
+            "won_revenue_usd": round(day_metrics["won_revenue_usd"].sum(), 2),
+            "new_pipeline_usd": round(day_metrics["new_pipeline_usd"].sum(), 2),
+            "preview": dg.MetadataValue.md(markdown_table(day_metrics.sort("won_revenue_usd", descending=True))),
         },
     )
+    return dg.MaterializeResult(value=metrics)
 
 
 def channel_attribution_frame(
@@ -182,7 +188,11 @@ def channel_attribution_frame(
     **MART_DEFAULTS,
 )
 def channel_attribution(
-    events: pl.LazyFrame, hubspot_contacts: pl.LazyFrame, salesforce_leads: pl.LazyFrame, deals: pl.LazyFrame
+    context: dg.AssetExecutionContext,
+    events: pl.LazyFrame,
+    hubspot_contacts: pl.LazyFrame,
+    salesforce_leads: pl.LazyFrame,
+    deals: pl.LazyFrame,
 ) -> dg.MaterializeResult:
     attribution = channel_attribution_frame(
         events,
@@ -191,14 +201,16 @@ def channel_attribution(
         deals,
         CHANNEL_MAPPING,
     ).collect(engine="streaming")
+    describe_each_day(context, attribution, _attribution_of_day)
+    return dg.MaterializeResult(value=attribution)
+
+
+def _attribution_of_day(attribution: pl.DataFrame, _day: date) -> dict[str, object]:
     last_touch = attribution.filter(pl.col("model") == LAST_TOUCH)
-    return dg.MaterializeResult(
-        value=attribution,
-        metadata={
-            "rows": attribution.height,
-            "sessions": int(last_touch["sessions"].sum()),
-            "leads": int(last_touch["leads"].sum()),
-            "won_revenue_usd": round(last_touch["won_revenue_usd"].sum(), 2),
-            "preview": dg.MetadataValue.md(markdown_table(last_touch.sort("sessions", descending=True))),
-        },
-    )
+    return {
+        "rows": attribution.height,
+        "sessions": int(last_touch["sessions"].sum()),
+        "leads": int(last_touch["leads"].sum()),
+        "won_revenue_usd": round(last_touch["won_revenue_usd"].sum(), 2),
+        "preview": dg.MetadataValue.md(markdown_table(last_touch.sort("sessions", descending=True))),
+    }
