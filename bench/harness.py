@@ -89,8 +89,12 @@ def materialized(
                 "dagster/asset_partition_range_end": last.isoformat(),
             },
         )
-        [materialization, *_] = result.asset_materializations_for_node(asset.node_def.name)
-        rows = materialization.metadata["rows"].value + materialization.metadata["quarantined_rows"].value
+        # Each day's materialization of the raw table counts that day's rows, stored and quarantined.
+        rows = sum(
+            event.metadata["rows"].value + event.metadata["quarantined_rows"].value
+            for event in result.asset_materializations_for_node(asset.node_def.name)
+            if "quarantined_rows" in event.metadata
+        )
         return rows, _step_seconds(instance, result.run_id)
 
 
