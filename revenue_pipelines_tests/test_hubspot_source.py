@@ -17,6 +17,7 @@ from revenue_pipelines_tests.conftest import (
     expected_ids,
     hubspot_resource,
     materialize_hubspot,
+    materialize_range,
     read_layer,
 )
 
@@ -161,6 +162,20 @@ def test_unusable_rows_sit_in_quarantine_and_odd_emails_are_kept_and_warned(sand
         assert quarantined[QUARANTINE_REASON].null_count() == 0
         assert not set(raw["id"].to_list()) & bad
         assert raw.height + quarantined.height == len(expected_ids(sandbox, table, FIRST, END))
+
+
+def test_the_tolerance_is_set_per_run_in_the_launchpad_config(sandbox, tmp_path):
+    window = (datetime(2026, 11, 12, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
+    sandbox.hubspot.malform("deals", "negative_amount", 3, within=window)
+    resources = {"hubspot": hubspot_resource(sandbox)}
+    for share, succeeds in ((0.01, False), (0.5, True)):
+        config = {"ops": {"hubspot_deals": {"config": {"max_quarantined_share": share}}}}
+        result = materialize_range([hubspot_deals], resources, tmp_path, FIRST, END, run_config=config)
+        [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "rows_match_schema"]
+        assert result.success is succeeds and not check.passed
+        assert check.severity == (dg.AssetCheckSeverity.WARN if succeeds else dg.AssetCheckSeverity.ERROR)
+        assert f"max_quarantined_share {share:.1%}" in check.description
+    assert read_layer(tmp_path, "hubspot", "quarantine", "deals").height == 3
 
 
 def test_each_partition_of_a_range_is_described_by_its_own_days_rows(sandbox, tmp_path):

@@ -80,6 +80,10 @@ def test_a_week_of_messy_portals_runs_to_success_keeping_and_warning_about_odd_v
     raw_contacts = read_layer(tmp_path, "hubspot", "raw", "contacts")
     flagged = raw_contacts.filter(pl.col("id").cast(pl.Utf8).is_in(broken["id"].implode()))
     assert flagged.height and flagged["malformed_fields"].str.contains("email").fill_null(False).all()
+    plus_addressed = raw_contacts.filter(
+        pl.col("id").cast(pl.Utf8).is_in(mess.filter(pl.col("kind") == "plus_address")["id"].implode())
+    )
+    assert plus_addressed.height and plus_addressed["malformed_fields"].is_null().all()  # Jane.Doe+crm@Acme.com is fine
 
     # An internationalised domain links the company to its Salesforce account (Website in punycode).
     identity = read_layer(tmp_path, "revenue", "core", "account_identity").filter(pl.col("ingestion_date") == END)
