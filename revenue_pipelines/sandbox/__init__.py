@@ -9,6 +9,8 @@
         sb.faults.add("status", status=503)   # the next request fails
         sb.bigquery.client()                  # BigQuery's emulator, given Sandbox(bigquery=True)
         sb.bigquery.truth("billing", "invoices")  # its seeded billing system (and GA4's export)
+        WebClient(token=sb.slack.token, base_url=f"{sb.url}/api/")  # Slack's Web API, at sb.url too
+        sb.slack.messages(sb.slack.channel_id("revenue"))  # what the channel holds (also posts, uploads)
         sb.requests.count(status=200)         # what the server really saw
 
 The data set is a pure function of the parameters, so a test can compare a pipeline's output
@@ -23,7 +25,9 @@ starts seeded with two source data sets made from the others: the billing system
 (`billing_data.py`: an invoice per won business, for its amount; a mirrored deal is its
 opportunity's) and GA4's BigQuery export of the property (`ga4_export.py`: events that add up to
 the Data API's reports); and with the revenue team's hand-kept reference data (`reference_data.py`:
-an empty account mapping and monthly currency rates), the same in every sandbox.
+an empty account mapping and monthly currency rates), the same in every sandbox. Slack's Web API
+(`slack.py`) shares HubSpot's listener under `/api/`: a workspace whose bot (its own `xoxb-` token)
+is in the public channel `#revenue`, not in `#general`, and not in the private `#private-revops`.
 """
 
 from __future__ import annotations
@@ -49,12 +53,24 @@ from revenue_pipelines.sandbox.mess import apply as apply_mess
 from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
+from revenue_pipelines.sandbox.slack import Slack
 
-__all__ = ["GA4", "BigQuery", "Fault", "FaultPlan", "HubSpot", "LoggedRequest", "RequestLog", "Salesforce", "Sandbox"]
+__all__ = [
+    "GA4",
+    "BigQuery",
+    "Fault",
+    "FaultPlan",
+    "HubSpot",
+    "LoggedRequest",
+    "RequestLog",
+    "Salesforce",
+    "Sandbox",
+    "Slack",
+]
 
 
 class _Listeners(NamedTuple):
-    hubspot: ApiServer  # GA4 and BigQuery's token endpoint too
+    hubspot: ApiServer  # GA4, Slack and BigQuery's token endpoint too
     salesforce: ApiServer
     files: Path
     """A private directory for the CA bundle, the token store and BigQuery's data, removed when the sandbox stops."""
@@ -82,6 +98,11 @@ class Sandbox:
     `mess` is the share of records given the odd values real portals hold (`mess.py`: broken and
     plus-addressed e-mails, internationalised domains, 15-character Salesforce ids on synced deals,
     closed deals without a close date); `self.mess` lists them. Off (0) by default.
+
+    `self.slack` is a Slack workspace served on HubSpot's listener under `/api/` (`env()` gives
+    `SLACK_API_URL`, `SLACK_BOT_TOKEN`, a token made for this sandbox, and `SLACK_CHANNEL`, the id of
+    `#revenue`, which the bot is in); it records every post, update and upload. `slack_rate_limit_per_minute`
+    limits each method per token (Slack's tier 3 is about 50); off by default.
     """
 
     def __init__(
@@ -103,6 +124,7 @@ class Sandbox:
         ga4_rows_per_day: int | None = None,
         bigquery: bool = False,
         mess: float = 0.0,
+        slack_rate_limit_per_minute: int | None = None,
     ):
         self.token = token or secrets.token_urlsafe(24)
         self.faults = FaultPlan()
@@ -128,6 +150,7 @@ class Sandbox:
         self.hubspot.mirror_salesforce(self.salesforce.truth("Opportunity"), self.salesforce.truth_overlap())
         self.mess = apply_mess(self.hubspot, self.salesforce, seed, mess)
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
+        self.slack = Slack(seed=seed, rate_limit_per_minute=slack_rate_limit_per_minute)
         self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
         self._ca = trustme.CA()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -184,6 +207,9 @@ class Sandbox:
             "SALESFORCE_CA_BUNDLE": self.ca_bundle,
             "GA4_API_ENDPOINT": self.url,
             "GA4_PROPERTY_ID": self.ga4.property_id,
+            "SLACK_API_URL": f"{self.url}/api/",
+            "SLACK_BOT_TOKEN": self.slack.token,
+            "SLACK_CHANNEL": self.slack.channel_id("revenue"),
             # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
             "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
             **(self.bigquery.env() if self.bigquery else {}),
@@ -191,7 +217,7 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         if self._listeners is None:
-            services = [self.hubspot, self.ga4, *([self.bigquery.oauth] if self.bigquery else [])]
+            services = [self.hubspot, self.ga4, self.slack, *([self.bigquery.oauth] if self.bigquery else [])]
             hubspot = ApiServer(self._host, self._ports[0], services, self.faults, self.requests)
             try:
                 salesforce = ApiServer(
