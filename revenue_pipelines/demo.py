@@ -2,7 +2,8 @@
 
 Starts the sandbox, runs `daily_revenue_job` over the last 7 days as one run through the same
 `dagster job execute` a CI pipeline would use, prints each step as it ends (read from the run's
-event log while the command runs), then what each asset produced, and exits non-zero if anything
+event log while the command runs), then what each asset produced and the Slack digest the
+sandbox's channel got (its chart is kept under the data folder), and exits non-zero if anything
 failed. The run stays in the local instance, so `make dev` shows it afterwards.
 """
 
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from revenue_pipelines.defs.slack.assets import DIGEST_KEY
+from revenue_pipelines.environment import get_environment
+from revenue_pipelines.lib.slack import DIGEST_EVENT
 from revenue_pipelines.sandbox import Sandbox
 
 JOB = "daily_revenue_job"
@@ -59,6 +63,7 @@ def main() -> int:
         run_id = follow(instance, process, previous)
         output.seek(0)
         log = output.read()
+        posted = latest_digest(sandbox)
 
     if run_id is None:
         sys.stderr.write(log[-10000:])
@@ -66,6 +71,8 @@ def main() -> int:
         return 1
     print()
     print(summary(instance, run_id))
+    if posted:
+        print(f"\n{posted}")
     print(f"\nRun {run_id}: {instance.get_run_by_id(run_id).status.value}. Browse it with `make dev`.")
     if process.returncode != 0:
         sys.stderr.write(_failure_lines(log))
@@ -76,6 +83,25 @@ def demo_sandbox(last_day: date) -> Sandbox:
     """The sandbox the demo reads (its ground truth is the same, started or not), with a little of
     the mess real portals hold, so the demo shows what the WARN checks report."""
     return Sandbox(end_date=last_day, bigquery=True, mess=DEMO_MESS)
+
+
+def latest_digest(sandbox: Sandbox) -> str | None:
+    """The newest day's digest as the sandbox's Slack got it, in plain text, with where its chart is kept."""
+    digests = [
+        message
+        for message in sandbox.slack.messages("revenue")
+        if (message.metadata or {}).get("event_type") == DIGEST_EVENT
+    ]
+    if not digests:
+        return None
+    message = max(digests, key=lambda m: m.metadata["event_payload"]["day"])
+    day = message.metadata["event_payload"]["day"]
+    texts = [block["text"]["text"] for block in message.blocks if "text" in block]
+    texts += [element["text"] for block in message.blocks for element in block.get("elements", [])]
+    chart = Path(get_environment().slack_digest_io_manager.chart_dir).joinpath(*DIGEST_KEY.path, f"{day}.png")
+    lines = [f"Slack digest posted to #revenue (the sandbox's Slack) for {day}:", *texts]
+    lines.append(f"Chart sent with it: {os.path.relpath(chart)}")
+    return "\n".join(line.replace("*", "") for line in lines)
 
 
 def _latest_run_id(instance: dg.DagsterInstance) -> str | None:

@@ -15,14 +15,20 @@ different settings:
   and lands assets in BigQuery. A setting it cannot do without
   fails definition load, with every missing variable named at once.
 
+Slack (the daily digest and the alerts) is on in both, posting to `SLACK_CHANNEL` through
+`SLACK_API_URL` (locally the sandbox's) as the bot of `SLACK_BOT_TOKEN`; `REVENUE_PIPELINES_SLACK=off`
+leaves it out, and PROD then needs neither.
+
 Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so the UI never
 shows their values (PROD checks only that they are set).
 """
 
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -33,6 +39,7 @@ from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, Cs
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
 from revenue_pipelines.lib.token_store import FileTokenStore
 
 ENVIRONMENT_VARIABLE = "REVENUE_PIPELINES_ENV"
@@ -45,6 +52,8 @@ SANDBOX_BIGQUERY_PROJECT = "revenue-sandbox"
 SANDBOX_BILLING_DATASET = "billing"
 SANDBOX_GA4_EXPORT_DATASET = "analytics_123456789"
 DEFAULT_SOURCE_BYTE_BUDGET = str(20 * 1024**3)
+SLACK_SWITCH = "REVENUE_PIPELINES_SLACK"
+LOCAL_WEBSERVER_URL = "http://127.0.0.1:3000"  # `make dev`
 REQUIRED = "required"
 """A PROD default that is no default: the variable must be set."""
 
@@ -60,6 +69,19 @@ class Environment:
     bigquery_source: BigQuerySource
     reference: ReferenceTables
     io_manager: dg.ConfigurableIOManager
+    slack: SlackResource | None
+    """None when Slack is switched off (`REVENUE_PIPELINES_SLACK=off`): no digest, no alerts."""
+    slack_digest_io_manager: SlackDigestIOManager | None
+    webserver_url: str
+    """The Dagster UI's address, for links in alerts."""
+
+    def resources(self) -> dict[str, Any]:
+        """Every resource of this environment by its key, as the definitions bind them."""
+        return {
+            item.name: value
+            for item in fields(self)
+            if isinstance(value := getattr(self, item.name), dg.ConfigurableResource | dg.ConfigurableIOManager)
+        }
 
 
 @dataclass
@@ -120,6 +142,8 @@ def _resources(settings: _Settings) -> Environment:
         api_endpoint=settings.value("BIGQUERY_EMULATOR_HOST", local=None, prod=None),
         storage_read_endpoint=settings.value("BIGQUERY_STORAGE_EMULATOR_HOST", local=None, prod=None),
     )
+    data_dir = settings.value("REVENUE_PIPELINES_DATA_DIR", local="data", prod=None)
+    slack = _slack(settings)
     return Environment(
         name=settings.name,
         hubspot=HubSpotResource(
@@ -172,8 +196,31 @@ def _resources(settings: _Settings) -> Environment:
                 dataset_prefix=settings.value("BIGQUERY_DATASET_PREFIX", local=None, prod="") or "",
             )
             if settings.prod
-            else PartitionedParquetIOManager(
-                base_dir=str(Path(settings.value("REVENUE_PIPELINES_DATA_DIR", local="data", prod=None)).resolve())
-            )
+            else PartitionedParquetIOManager(base_dir=str(Path(data_dir or "data").resolve()))
         ),
+        slack=slack,
+        slack_digest_io_manager=(
+            SlackDigestIOManager(
+                slack=slack, chart_dir=str(Path(data_dir).resolve()) if data_dir else tempfile.gettempdir()
+            )
+            if slack
+            else None
+        ),
+        webserver_url=settings.value(
+            "DAGSTER_WEBSERVER_URL", local=LOCAL_WEBSERVER_URL, prod=REQUIRED if slack else LOCAL_WEBSERVER_URL
+        )
+        or LOCAL_WEBSERVER_URL,
+    )
+
+
+def _slack(settings: _Settings) -> SlackResource | None:
+    switch = (settings.value(SLACK_SWITCH, local="on", prod="on") or "on").lower()
+    if switch not in ("on", "off"):
+        raise ValueError(f"{SLACK_SWITCH}={switch!r}: say on or off.")
+    if switch == "off":
+        return None
+    return SlackResource(
+        bot_token=settings.secret("SLACK_BOT_TOKEN"),
+        channel=settings.value("SLACK_CHANNEL", local="", prod=REQUIRED) or "",
+        api_url=settings.value("SLACK_API_URL", local=f"{SANDBOX_URL}/api/", prod=SLACK_API) or SLACK_API,
     )

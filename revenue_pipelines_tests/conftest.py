@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.ga4.assets import ga4_report_assets
 from revenue_pipelines.defs.ga4.resources import GA4Resource
 from revenue_pipelines.defs.hubspot.assets import hubspot_companies, hubspot_contacts, hubspot_deals
@@ -21,6 +22,7 @@ from revenue_pipelines.defs.salesforce.assets import (
     salesforce_users,
 )
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
+from revenue_pipelines.environment import Environment, get_environment
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.token_store import FileTokenStore
@@ -214,3 +216,35 @@ def expected_ids(sandbox: Sandbox, table: str, first: date, last: date) -> list[
         changed=pl.when(pl.col("archived")).then(pl.col("archived_at")).otherwise(pl.col("updated_at"))
     )
     return sorted(truth.filter((pl.col("changed") >= start) & (pl.col("changed") < end))["id"].to_list())
+
+
+def run_main_job(
+    sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    instance: dg.DagsterInstance,
+    first: date,
+    last: date,
+    env: dict[str, str] | None = None,
+    selection: list[dg.AssetKey] | None = None,
+) -> tuple[Environment, dg.ExecuteInProcessResult]:
+    """`daily_revenue_job` over [first, last] in this process, with the resources `get_environment()`
+    builds from `sandbox.env()` and `env`, as `dagster job execute` would read them; only the assets
+    of `selection` if given (their inputs are read from what earlier runs stored).
+
+    The defs modules bound the resources of the environment first imported in this process, so the
+    run is given these: `Environment.resources()` names them by their keys.
+    """
+    for name, value in {**sandbox.env(), **(env or {})}.items():
+        monkeypatch.setenv(name, value)
+    get_environment.cache_clear()
+    try:
+        environment = get_environment()
+        options = {"instance": instance, "tags": day_range(first, last), "raise_on_error": False}
+        if selection:
+            result = dg.materialize(defs().assets, selection=selection, resources=environment.resources(), **options)
+        else:
+            job = defs().resolve_job_def("daily_revenue_job")
+            result = job.execute_in_process(resources=environment.resources(), **options)
+    finally:
+        get_environment.cache_clear()  # the next test's environment is its own
+    return environment, result

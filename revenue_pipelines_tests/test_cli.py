@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import fields
 from datetime import date
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.revenue.marts import CHANNEL_MAPPING
 from revenue_pipelines.demo import demo_sandbox, summary
-from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
-from revenue_pipelines_tests.conftest import END, day_range, expected_ids
+from revenue_pipelines_tests.conftest import END, expected_ids, run_main_job
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's run takes about a minute alone; a machine shared with other work can make it ten times longer.
@@ -74,6 +71,11 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
     )
     assert "FAILED" not in completed.stdout
     assert "SUCCESS" in completed.stdout
+    # The day's digest, as the sandbox's Slack got it, and the chart sent with it.
+    digest_at = lines.index(next(line for line in lines if line.startswith("Slack digest posted to #revenue")))
+    assert lines[digest_at + 1].startswith("Revenue digest for ") and "New pipeline:" in lines[digest_at + 2]
+    chart = _line_of(lines, "Chart sent with it: ").removeprefix("Chart sent with it: ")
+    assert (ROOT / chart).is_file()  # the demo runs in ROOT
 
     # What landed reconciles with the demo sandbox's ground truth.
     first, last = map(date.fromisoformat, re.search(r" for (\S+)\.\.(\S+) in one run", completed.stdout).groups())
@@ -150,24 +152,19 @@ def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emu
     """PROD's resources, read from the environment as `dagster job execute` reads them, run in this process.
 
     The defs modules bound the resources of the environment they were first imported in (LOCAL's, in
-    this process), so the run is given PROD's: the Environment's fields are named as the resource keys.
+    this process), so the run is given PROD's.
     """
     sandbox = sandbox_factory(seed=11, companies=30, days=3, bigquery=True)
-    for name, value in {**sandbox.env(), "REVENUE_PIPELINES_ENV": "prod"}.items():
-        monkeypatch.setenv(name, value)
     first = END.replace(day=END.day - 1)
-    get_environment.cache_clear()
-    try:
-        environment = get_environment()
-        resources = {field.name: getattr(environment, field.name) for field in fields(environment)}
-        del resources["name"]
-        job = defs().resolve_job_def("daily_revenue_job")
-        with dg.DagsterInstance.ephemeral() as instance:
-            result = job.execute_in_process(
-                instance=instance, tags=day_range(first, END), resources=resources, raise_on_error=False
-            )
-    finally:
-        get_environment.cache_clear()  # the next test's environment is not PROD's
+    with dg.DagsterInstance.ephemeral() as instance:
+        environment, result = run_main_job(
+            sandbox,
+            monkeypatch,
+            instance,
+            first,
+            END,
+            env={"REVENUE_PIPELINES_ENV": "prod", "DAGSTER_WEBSERVER_URL": "https://dagster.example.com"},
+        )
     assert environment.name == "prod"
     assert result.success, [event.message for event in result.all_events if event.is_failure]
 

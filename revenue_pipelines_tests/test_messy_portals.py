@@ -1,36 +1,14 @@
 """The main job over a week of portals holding realistic mess: it succeeds, keeps every row as
 received, says what is odd in WARN checks, and still links and counts the odd records right."""
 
-from dataclasses import fields
 from datetime import timedelta
 
 import dagster as dg
 import polars as pl
 
-from revenue_pipelines.definitions import defs
-from revenue_pipelines.environment import get_environment
-from revenue_pipelines_tests.conftest import END, day_range, expected_ids, read_layer
+from revenue_pipelines_tests.conftest import END, expected_ids, read_layer, run_main_job
 
 FIRST = END - timedelta(days=6)
-
-
-def _run_main_job(sandbox, monkeypatch, tmp_path) -> dg.ExecuteInProcessResult:
-    """`daily_revenue_job` over FIRST..END on the embedded default, aimed at `sandbox`, in this process."""
-    for name, value in {**sandbox.env(), "REVENUE_PIPELINES_DATA_DIR": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    get_environment.cache_clear()
-    try:
-        environment = get_environment()
-        resources = {
-            field.name: getattr(environment, field.name) for field in fields(environment) if field.name != "name"
-        }
-        job = defs().resolve_job_def("daily_revenue_job")
-        with dg.DagsterInstance.ephemeral() as instance:
-            return job.execute_in_process(
-                instance=instance, tags=day_range(FIRST, END), resources=resources, raise_on_error=False
-            )
-    finally:
-        get_environment.cache_clear()  # the next test's environment is its own
 
 
 def test_a_week_of_messy_portals_runs_to_success_keeping_and_warning_about_odd_values(
@@ -49,7 +27,10 @@ def test_a_week_of_messy_portals_runs_to_success_keeping_and_warning_about_odd_v
         "closed_without_close_date",
     }
 
-    result = _run_main_job(sandbox, monkeypatch, tmp_path)
+    with dg.DagsterInstance.ephemeral() as instance:
+        _, result = run_main_job(
+            sandbox, monkeypatch, instance, FIRST, END, env={"REVENUE_PIPELINES_DATA_DIR": str(tmp_path)}
+        )
     assert result.success, [event.message for event in result.all_events if event.is_failure]
 
     checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}

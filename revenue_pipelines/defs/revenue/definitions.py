@@ -8,8 +8,8 @@ from revenue_pipelines.defs.revenue.metrics import channel_attribution, daily_re
 from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
-# Every source, and the unified model built on them.
-GROUPS = ["hubspot", "salesforce", "ga4", "bigquery", "revenue"]
+# Every source, the unified model built on them, and the Slack digest of it (when Slack is on).
+GROUPS = ["hubspot", "salesforce", "ga4", "bigquery", "revenue", "slack"]
 
 daily_revenue_job = dg.define_asset_job(
     "daily_revenue_job",
@@ -17,7 +17,8 @@ daily_revenue_job = dg.define_asset_job(
     partitions_def=DAILY_INGESTION,
     description=(
         "Ingests, checks and stores one day of every source, brings the current state up to that day and "
-        "builds the unified revenue model on it; as a single-run backfill, a whole range of days."
+        "builds the unified revenue model on it, then posts the day's digest to Slack; as a single-run backfill, "
+        "a whole range of days."
     ),
 )
 
