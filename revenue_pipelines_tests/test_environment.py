@@ -3,10 +3,11 @@
 import dagster as dg
 import pytest
 
-from revenue_pipelines.environment import ENVIRONMENT_VARIABLE, get_environment
+from revenue_pipelines.environment import ENVIRONMENT_VARIABLE, SLACK_SWITCH, get_environment
 from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 
+SLACK_REQUIRED = ["SLACK_BOT_TOKEN", "SLACK_CHANNEL", "DAGSTER_WEBSERVER_URL"]
 PROD_REQUIRED = [
     "REVENUE_PIPELINES_TOKEN_DIR",
     "HUBSPOT_ACCESS_TOKEN",
@@ -18,6 +19,7 @@ PROD_REQUIRED = [
     "BIGQUERY_BILLING_DATASET",
     "BIGQUERY_GA4_EXPORT_DATASET",
     "BIGQUERY_REFERENCE_DATASET",
+    *SLACK_REQUIRED,
 ]
 OPTIONAL = [
     "HUBSPOT_HOST",
@@ -32,6 +34,8 @@ OPTIONAL = [
     "BIGQUERY_SOURCE_PROJECT",
     "BIGQUERY_SOURCE_BYTE_BUDGET",
     "REVENUE_PIPELINES_DATA_DIR",
+    "SLACK_API_URL",
+    SLACK_SWITCH,
 ]
 
 
@@ -88,4 +92,26 @@ def test_prod_talks_to_the_real_services_and_lands_in_bigquery(environment):
 def test_an_unknown_environment_is_refused(environment):
     environment.setenv(ENVIRONMENT_VARIABLE, "staging")
     with pytest.raises(ValueError, match="'staging' is not a known environment; known: local, prod"):
+        get_environment()
+
+
+def test_prod_posts_to_real_slack_unless_slack_is_switched_off(environment):
+    environment.setenv(ENVIRONMENT_VARIABLE, "prod")
+    for name in PROD_REQUIRED:
+        environment.setenv(name, "value-of-" + name.lower())
+    prod = get_environment()
+    assert prod.slack.api_url == "https://slack.com/api/" and prod.slack.channel == "value-of-slack_channel"
+    assert isinstance(prod.slack.bot_token, dg.EnvVar)  # read when a run starts, never shown
+
+    get_environment.cache_clear()
+    environment.setenv(SLACK_SWITCH, "off")
+    for name in SLACK_REQUIRED:
+        environment.delenv(name)
+    off = get_environment()
+    assert off.slack is None and off.slack_digest_io_manager is None
+    assert "slack" not in off.resources() and "io_manager" in off.resources()
+
+    get_environment.cache_clear()
+    environment.setenv(SLACK_SWITCH, "maybe")
+    with pytest.raises(ValueError, match="REVENUE_PIPELINES_SLACK='maybe': say on or off"):
         get_environment()
