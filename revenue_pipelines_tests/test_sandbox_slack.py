@@ -494,3 +494,17 @@ def test_a_body_cut_short_after_a_post_leaves_the_message_posted(sb):
     with pytest.raises(IncompleteRead):
         client(sb, retry_handlers=handlers).chat_postMessage(channel=channel, text="lost answer")
     assert [message.text for message in sb.slack.messages(channel)] == ["lost answer"]
+
+
+def test_an_image_block_must_show_a_file_that_exists(sb):
+    client = WebClient(token=sb.slack.token, base_url=f"{sb.url}/api/")
+    channel = sb.slack.channel_id("revenue")
+    file_id = client.files_upload_v2(content=b"\x89PNG\r\n\x1a\n", filename="c.png", title="c")["files"][0]["id"]
+    image = {"type": "image", "slack_file": {"id": file_id}, "alt_text": "chart"}
+    client.chat_postMessage(channel=channel, text="with a chart", blocks=[image])
+    client.files_delete(file=file_id)
+    for gone in (file_id, "F0000000000"):
+        block = {**image, "slack_file": {"id": gone}}
+        with pytest.raises(SlackApiError) as refused:
+            client.chat_postMessage(channel=channel, text="with a chart", blocks=[block])
+        assert refused.value.response["error"] == "invalid_blocks"

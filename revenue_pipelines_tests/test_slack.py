@@ -147,7 +147,18 @@ def test_a_failed_run_alerts_once_with_its_step_error_and_failed_blocking_check(
         assert not failed.success
         for _ in range(2):  # the daemon's ticks: the second sees nothing new
             cursor = _tick(sensor, instance, cursor, resources)
-    [alert] = [post for post in sandbox.slack.posts]
+        [alert] = list(sandbox.slack.posts)
+        # A run that fails on an error, not a check, alerts once too, with the error's first lines.
+        unreachable = {"hubspot": hubspot_resource(sandbox, host=_closed_port_url().removesuffix("/api/"))}
+        broken = materialize_range([hubspot_deals], unreachable, tmp_path, END, END, instance=instance)
+        assert not broken.success
+        for _ in range(2):
+            cursor = _tick(sensor, instance, cursor, resources)
+    [_, error_alert] = list(sandbox.slack.posts)
+    assert error_alert.metadata["event_payload"] == {"run_id": broken.run_id}
+    error_text = error_alert.blocks[1]["text"]["text"]
+    assert error_text.startswith("*hubspot_deals*") and "HubSpot is unreachable at " in error_text
+    assert "Check HUBSPOT_HOST." in error_text and "Blocking checks failed" not in str(error_alert.blocks)
     assert alert.metadata == {"event_type": "revenue_run_failure", "event_payload": {"run_id": failed.run_id}}
     text = " ".join(block.get("text", {}).get("text", "") for block in alert.blocks)
     assert "2026-11-11..2026-11-20" in alert.blocks[0]["text"]["text"]

@@ -419,7 +419,7 @@ class Slack(Service):
 
     def _chat_post_message(self, request: Request, args: dict[str, Any]) -> dict[str, Any]:
         text = _string(args, "text") or ""
-        blocks = _blocks(args)
+        blocks = _blocks(args, self._files)
         metadata = _metadata(args)
         thread_ts = _string(args, "thread_ts")
         if not text and not blocks:
@@ -448,7 +448,7 @@ class Slack(Service):
 
     def _chat_update(self, request: Request, args: dict[str, Any]) -> dict[str, Any]:
         text = _string(args, "text")
-        blocks = _blocks(args)
+        blocks = _blocks(args, self._files)
         metadata = _metadata(args)
         ts = _required(args, "ts")
         if not text and not blocks:
@@ -880,13 +880,13 @@ def _json_argument(args: dict[str, Any], name: str, error: str) -> Any:
     return value
 
 
-def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
+def _blocks(args: dict[str, Any], files: dict[str, _File]) -> list[dict[str, Any]] | None:
     blocks = _json_argument(args, "blocks", "invalid_blocks_format")
     if blocks is None:
         return None
     if not isinstance(blocks, list):
         raise SlackError("invalid_blocks_format")
-    problems = block_problems(blocks)
+    problems = block_problems(blocks) + _file_problems(blocks, files)
     if problems:
         raise SlackError(
             "invalid_blocks",
@@ -940,6 +940,18 @@ def _within(ts: str, oldest: float | None, latest: float | None, inclusive: bool
 
 def _mimetype(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _file_problems(blocks: list[Any], files: dict[str, _File]) -> list[str]:
+    """Image blocks showing a Slack file must name one that was uploaded and not deleted."""
+    problems = []
+    for index, block in enumerate(blocks):
+        file = block.get("slack_file") if isinstance(block, dict) and block.get("type") == "image" else None
+        if isinstance(file, dict):
+            found = files.get(str(file.get("id")))
+            if found is None or found.deleted or not found.completed:
+                problems.append(f"invalid slack file [json-pointer:/blocks/{index}/slack_file]")
+    return problems
 
 
 # --- Block Kit ----------------------------------------------------------------------------------
