@@ -76,6 +76,7 @@ def test_one_digest_a_day_with_the_marts_figures_and_a_rerun_updates_it(sandbox_
     with dg.DagsterInstance.ephemeral() as fresh:
         _, found = run_main_job(sandbox, monkeypatch, fresh, END, END, env=data, selection=[DIGEST_KEY])
     assert found.success and len(sandbox.slack.updates) == 2
+    assert sandbox.slack.files[new_chart].deleted  # the chart the found message showed is replaced too
     assert len([post for post in sandbox.slack.posts if post.metadata]) == 3
 
 

@@ -139,8 +139,8 @@ class SlackResource(dg.ConfigurableResource):
                 raise
         return True
 
-    def find_message(self, event_type: str, key: str, value: str) -> str | None:
-        """The ts of the newest message of the channel whose metadata has `event_type` and
+    def find_message(self, event_type: str, key: str, value: str) -> dict[str, Any] | None:
+        """The newest message of the channel whose metadata has `event_type` and
         `event_payload[key] == value`, among the latest HISTORY_PAGES pages of history."""
         cursor = None
         for _ in range(HISTORY_PAGES):
@@ -148,7 +148,7 @@ class SlackResource(dg.ConfigurableResource):
             for message in page.get("messages", []):
                 metadata = message.get("metadata") or {}
                 if metadata.get("event_type") == event_type and (metadata.get("event_payload") or {}).get(key) == value:
-                    return message["ts"]
+                    return message
             cursor = (page.get("response_metadata") or {}).get("next_cursor")
             if not page.get("has_more") or not cursor:
                 return None
@@ -247,8 +247,12 @@ class SlackDigestIOManager(dg.ConfigurableIOManager):
         )
 
     def _found(self, day: str) -> PostedDigest | None:
-        ts = self.slack.find_message(DIGEST_EVENT, "day", day)
-        return PostedDigest(ts) if ts else None
+        """The day's digest found in the channel by its metadata, with the chart it shows."""
+        message = self.slack.find_message(DIGEST_EVENT, "day", day)
+        if message is None:
+            return None
+        charts = [block["slack_file"]["id"] for block in message.get("blocks") or [] if "slack_file" in block]
+        return PostedDigest(message["ts"], charts[0] if charts else None)
 
     def _keep_chart(self, context: dg.OutputContext, digest: DayDigest) -> Path:
         """The PNG, written beside its target and renamed into place."""
