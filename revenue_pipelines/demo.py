@@ -101,7 +101,7 @@ def latest_digest(sandbox: Sandbox) -> str | None:
     chart = Path(get_environment().slack_digest_io_manager.chart_dir).joinpath(*DIGEST_KEY.path, f"{day}.png")
     lines = [f"Slack digest posted to #revenue (the sandbox's Slack) for {day}:", *texts]
     lines.append(f"Chart sent with it: {os.path.relpath(chart)}")
-    return "\n".join(line.replace("*", "") for line in lines)
+    return "\n".join(line.replace("*", "").replace("  _(", "  (").replace(")_", ")") for line in lines)
 
 
 def _latest_run_id(instance: dg.DagsterInstance) -> str | None:

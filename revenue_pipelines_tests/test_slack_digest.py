@@ -106,3 +106,10 @@ def test_the_chart_is_a_png_readable_in_slack_with_a_series_per_channel():
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size[0] >= 800 and image.size[1] >= 450
     assert channels == CHANNELS
+
+
+def test_days_before_the_history_begins_do_not_dilute_the_averages():
+    recent = _metrics().filter(pl.col(PARTITION_COLUMN) >= DAY - timedelta(days=3))
+    before = recent.filter(pl.col(PARTITION_COLUMN) < DAY)
+    month = digest.figures(recent, DAY - timedelta(days=30), DAY - timedelta(days=1))
+    assert month.won_revenue_usd == before["won_revenue_usd"].sum() / 3

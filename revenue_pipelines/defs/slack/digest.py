@@ -46,8 +46,11 @@ class Quality:
 
 def figures(metrics: pl.DataFrame, first: date, last: date) -> Figures:
     """The figures of [first, last] from `daily_revenue_metrics`: counts and USD per day on
-    average, the win rate over the window's closed deals, the cycle over its won deals."""
-    days = (last - first).days + 1
+    average, the win rate over the window's closed deals, the cycle over its won deals. Days
+    before the metrics' history begins are not counted: they are unknown, not quiet."""
+    if metrics.height:
+        first = max(first, metrics[PARTITION_COLUMN].min())
+    days = max((last - first).days + 1, 1)
     window = metrics.filter(pl.col(PARTITION_COLUMN).is_between(first, last))
     won, lost = window["won_deals"].sum(), window["lost_deals"].sum()
     cycle = window.filter((pl.col("won_deals") > 0) & pl.col("sales_cycle_days").is_not_null())
