@@ -48,12 +48,13 @@ from revenue_pipelines.sandbox.billing_data import BillingSeed, CrmTruth
 from revenue_pipelines.sandbox.faults import Fault, FaultPlan
 from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.ga4_export import GA4Export
-from revenue_pipelines.sandbox.hubspot import HubSpot
+from revenue_pipelines.sandbox.hubspot import PORTAL_ID, HubSpot
 from revenue_pipelines.sandbox.mess import apply as apply_mess
 from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 from revenue_pipelines.sandbox.slack import Slack
+from revenue_pipelines.sandbox.webhooks import Webhooks
 
 __all__ = [
     "GA4",
@@ -94,6 +95,10 @@ class Sandbox:
     `self.bigquery.truth(dataset, table)`. Billing and the export are made from the data as generated
     here, before any test changes it. Seeding adds about 2 s at the default sizes, and about 25 s for
     5 million GA4 events (`ga4_rows_per_day` about 25,000).
+
+    `webhooks` sends the webhooks HubSpot and Salesforce would send for the sandbox's edits
+    (`touch`), signed and shaped as theirs, once `webhooks.send_to(url)` names a receiver; the
+    receiver's secrets are in `env()`.
 
     `mess` is the share of records given the odd values real portals hold (`mess.py`: broken and
     plus-addressed e-mails, internationalised domains, 15-character Salesforce ids on synced deals,
@@ -149,6 +154,9 @@ class Sandbox:
         )
         self.hubspot.mirror_salesforce(self.salesforce.truth("Opportunity"), self.salesforce.truth_overlap())
         self.mess = apply_mess(self.hubspot, self.salesforce, seed, mess)
+        self.webhooks = Webhooks(portal_id=PORTAL_ID)
+        self.hubspot.on_change = self.webhooks.hubspot_changed
+        self.salesforce.on_change = self.webhooks.salesforce_changed
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
         self.slack = Slack(seed=seed, rate_limit_per_minute=slack_rate_limit_per_minute)
         self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
@@ -212,6 +220,7 @@ class Sandbox:
             "SLACK_CHANNEL": self.slack.channel_id("revenue"),
             # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
             "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
+            **self.webhooks.env(),  # what a receiver needs to accept the CRMs' webhooks
             **(self.bigquery.env() if self.bigquery else {}),
         }
 
@@ -240,6 +249,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        self.webhooks.stop()
         if self._listeners is not None:
             if self.bigquery:
                 self.bigquery.stop()

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -164,6 +164,8 @@ class HubSpot(Service):
         self._malformed: dict[str, set[int]] = {name: set() for name in OBJECT_TYPES}
         self._malform_calls = 0
         self._lock = threading.Lock()  # serialises test-side changes; readers use snapshots
+        self.on_change: Callable[[str, list[int], datetime], None] | None = None
+        """Told of each edit (`touch`): the webhooks HubSpot would send for it."""
 
     # --- ground truth -------------------------------------------------------------------------
 
@@ -285,6 +287,8 @@ class HubSpot(Service):
             stamp = pl.lit(at, dtype=UTC_MS)
             changes = {"updated_at": stamp, MODIFIED_PROPERTY[object_type]: stamp.dt.strftime(TIMESTAMP_FORMAT)}
             self._update(object_type, pl.col("id").is_in(ids), changes)
+        if self.on_change:
+            self.on_change(object_type, ids, at)
 
     def add_property(self, object_type: str, name: str, value: str | None = "x") -> None:
         """Schema drift: a new text property holding `value` on every record."""

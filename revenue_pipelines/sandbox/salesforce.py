@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -117,6 +118,8 @@ class Salesforce(Service):
         self._malformed: dict[str, set[str]] = {name: set() for name in SCHEMAS}
         self._malform_calls = 0
         self._lock = threading.Lock()
+        self.on_change: Callable[[str, str, datetime], None] | None = None
+        """Told of each edit (`touch`): the outbound message Salesforce would send for it."""
 
     # --- ground truth -------------------------------------------------------------------------
 
@@ -202,6 +205,8 @@ class Salesforce(Service):
         at = as_utc(at)
         with self._lock:
             self._update(_known(object_name), record_id, {"LastModifiedDate": at, "SystemModstamp": at})
+        if self.on_change:
+            self.on_change(_known(object_name), record_id, at)
 
     def _update(self, object_name: str, record_id: str, changes: dict[str, Any]) -> None:
         """Set fields of one live record (the caller holds the lock) and swap in the new table."""
