@@ -27,7 +27,7 @@ ERP_SECRET = "whsec_" + base64.b64encode(b"erp-secret-of-thirty-two-bytes!!").de
 PUBLIC_URL = "https://hooks.revenue.example"
 
 
-def receiver_env(queue_path: Path, **overrides: str | None) -> dict[str, str]:
+def receiver_env(queue_path: Path | None, **overrides: str | None) -> dict[str, str]:
     """The process environment: this one's, without any RECEIVER_ or secret variable it may hold,
     plus the receiver's settings (an override of None leaves a variable out)."""
     env = {
@@ -40,7 +40,7 @@ def receiver_env(queue_path: Path, **overrides: str | None) -> dict[str, str]:
         "RECEIVER_HOST": "127.0.0.1",
         "RECEIVER_PORT": "0",
         "RECEIVER_PUBLIC_URL": PUBLIC_URL,
-        "RECEIVER_QUEUE_PATH": str(queue_path),
+        "RECEIVER_QUEUE_PATH": str(queue_path) if queue_path else None,
         "HUBSPOT_APP_CLIENT_SECRET": HUBSPOT_SECRET,
         "SALESFORCE_ORGANIZATION_ID": ORGANIZATION_ID_18,
         "RECEIVER_WEBHOOK_SECRETS": f"billing={BILLING_SECRET},erp={ERP_SECRET}",
