@@ -1,6 +1,7 @@
 """The receiver's queue and start-up: what the sensor will drain, nothing acknowledged lost to a
 SIGKILL under load, and no start without secrets."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import polars as pl
 import pytest
 
 from revenue_pipelines.lib.identity import salesforce_id_18 as polars_salesforce_id_18
+from revenue_pipelines.receiver.app import create_app
 from revenue_pipelines.receiver.queue import Event, SqliteEventQueue
 from revenue_pipelines.receiver.salesforce_ids import salesforce_id_18
+from revenue_pipelines.receiver.settings import read_settings
 from revenue_pipelines_tests.receiver_process import HUBSPOT_SECRET, receiver_env, start
 from revenue_pipelines_tests.test_receiver import hubspot_events, hubspot_headers
 
@@ -170,3 +173,32 @@ def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path):
         stored = {item.event_id for item in queue.pending(1_000_000)}
     assert acknowledged_ids - stored == set()
     assert HUBSPOT_SECRET not in receiver.log()
+
+
+def test_an_oversized_body_is_refused_while_it_is_read_not_after(tmp_path):
+    """Straight through ASGI, counting what the app reads of a 64 MiB body sent without Content-Length."""
+    settings = read_settings(receiver_env(tmp_path / "queue.db"))
+    chunk = b" " * (64 * 1024)
+    received = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": chunk, "more_body": received < 1024}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/webhooks/billing", "raw_path": b"/webhooks/billing", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 8780),
+        "client": ("127.0.0.1", 50000),
+    }  # fmt: skip
+    with SqliteEventQueue(settings.queue_path) as queue:
+        asyncio.run(create_app(settings, queue)(scope, receive, send))
+        assert queue.depth() == 0
+
+    assert sent[0]["status"] == 413
+    assert received <= 17  # 1 MiB and the chunk that passed it, not 64 MiB
