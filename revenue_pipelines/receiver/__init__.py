@@ -1,0 +1,14 @@
+"""The webhook receiver: a small ASGI service, run outside Dagster, that verifies deliveries from
+HubSpot, Salesforce and any Standard Webhooks sender and commits each event to a durable queue
+before it answers 2xx. A sensor drains the queue (next slice).
+
+It is a package of its own: it talks to Dagster only through the instance's folder or GraphQL and
+never imports `revenue_pipelines.defs`, so it starts in a fraction of a second and cannot break
+definitions.
+
+- `settings.py`: the only reader of the process environment (`read_settings()`).
+- `queue.py`: `EventQueue` (the interface) and `SqliteEventQueue` (the embedded default).
+- `verifiers.py`: one function per kind of sender, turning a request into events or refusing it.
+- `app.py`: the Starlette app (`create_app(settings, queue)`).
+- `__main__.py`: `python -m revenue_pipelines.receiver`.
+"""

@@ -1,0 +1,77 @@
+"""Serve the webhook receiver.
+
+python -m revenue_pipelines.receiver
+
+Listens on RECEIVER_HOST:RECEIVER_PORT (default 127.0.0.1:8780; port 0 picks a free one, printed at
+start). Exits with status 2, naming every variable to set, when a secret is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from revenue_pipelines.receiver.app import create_app
+from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.settings import SettingsError, read_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments:
+        print(__doc__, file=sys.stderr)
+        return 0 if arguments[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        settings = read_settings()
+    except SettingsError as error:
+        print(f"receiver: {error}", file=sys.stderr, flush=True)
+        return 2
+    listener = _listen(settings.host, settings.port)
+    host, port = listener.getsockname()[:2]
+    if not settings.public_url_given:  # the address bound, also when RECEIVER_PORT=0 picked it
+        settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
+    queue = SqliteEventQueue(settings.queue_path)
+    try:
+        config = uvicorn.Config(
+            create_app(settings, queue),
+            log_config=None,  # the logging set up above; uvicorn's access log would print query strings
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        logging.getLogger("revenue_pipelines.receiver").info(
+            "listening on http://%s; senders use %s; queue %s",
+            _netloc(host, port),
+            settings.public_url,
+            settings.queue_path,
+        )
+        server.run(sockets=[listener])
+    finally:
+        queue.close()
+    return 0
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+if __name__ == "__main__":
+    sys.exit(main())
