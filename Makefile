@@ -53,3 +53,4 @@ bench: install
 	$(RUN) python -m bench.bigquery_read
 	$(RUN) python -m bench.transform_scale
 	$(RUN) python -m bench.ga4_generate
+	$(RUN) python -m bench.receiver

@@ -1,0 +1,96 @@
+"""Throughput and latency of the webhook receiver. Run by hand: `uv run python -m bench.receiver`.
+
+Starts `python -m revenue_pipelines.receiver` on a throwaway queue, and 32 concurrent senders post
+HubSpot deliveries signed with signature v3 (one event each, distinct ids) for `--seconds`. Prints
+accepted deliveries per second and p50/p99 latency, then counts the queue: every acknowledged event
+must be there (lost = acknowledged - queued). Target: at least 1,000 accepted/s, p99 under 50 ms.
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines_tests.receiver_process import receiver_env, start
+from revenue_pipelines_tests.test_receiver import hubspot_events, hubspot_headers
+
+SENDERS = 32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--senders", type=int, default=SENDERS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        queue_path = Path(folder) / "queue.db"
+        receiver = start(receiver_env(queue_path), Path(folder) / "receiver.log")
+        try:
+            latencies, refused, elapsed = _load(receiver.url, args.senders, args.seconds)
+        finally:
+            receiver.stop()
+        with SqliteEventQueue(queue_path) as queue:
+            queued = queue.depth()
+    accepted = len(latencies)
+    ordered = sorted(latencies)
+    rows = [
+        ("senders", f"{args.senders}"),
+        ("seconds", f"{elapsed:.1f}"),
+        ("accepted", f"{accepted:,}"),
+        ("refused or failed", f"{refused:,}"),
+        ("accepted/s", f"{accepted / elapsed:,.0f} (target >= 1,000)"),
+        ("p50 latency", f"{statistics.median(ordered) * 1000:.1f} ms"),
+        ("p99 latency", f"{ordered[int(len(ordered) * 0.99) - 1] * 1000:.1f} ms (target < 50 ms)"),
+        ("lost (acknowledged, not queued)", f"{accepted - queued:,}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("| " + "measure".ljust(width) + " | value |")
+    print("| " + "-" * width + " | --- |")
+    for name, value in rows:
+        print(f"| {name.ljust(width)} | {value} |")
+
+
+def _load(url: str, senders: int, seconds: float) -> tuple[list[float], int, float]:
+    """`senders` threads posting signed deliveries until `seconds` pass; latencies of the 2xx, refusals."""
+    ids = itertools.count(1)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    refused = [0]
+    deadline = time.monotonic() + seconds
+
+    def send() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    event_id = next(ids)
+                body = json.dumps(hubspot_events(event_id))
+                started = time.monotonic()
+                try:
+                    ok = client.post("/webhooks/hubspot", content=body, headers=hubspot_headers(body)).is_success
+                except httpx.HTTPError:
+                    ok = False
+                took = time.monotonic() - started
+                with lock:
+                    if ok:
+                        latencies.append(took)
+                    else:
+                        refused[0] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, refused[0], time.monotonic() - started
+
+
+if __name__ == "__main__":
+    main()
