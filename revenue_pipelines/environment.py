@@ -19,6 +19,10 @@ Slack (the daily digest and the alerts) is on in both, posting to `SLACK_CHANNEL
 `SLACK_API_URL` (locally the sandbox's) as the bot of `SLACK_BOT_TOKEN`; `REVENUE_PIPELINES_SLACK=off`
 leaves it out, and PROD then needs neither.
 
+`crm_change_sensor` reads the receiver's queue at `RECEIVER_QUEUE_PATH`, else
+`$DAGSTER_HOME/receiver/queue.db` (the receiver's own rule, `receiver.settings.default_queue_path`),
+every `CRM_CHANGE_SENSOR_INTERVAL_SECONDS` (default 30).
+
 Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so the UI never
 shows their values (PROD checks only that they are set).
 """
@@ -41,6 +45,7 @@ from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOMa
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
 from revenue_pipelines.lib.token_store import FileTokenStore
+from revenue_pipelines.receiver.settings import default_queue_path
 
 ENVIRONMENT_VARIABLE = "REVENUE_PIPELINES_ENV"
 ENVIRONMENTS = ("local", "prod")
@@ -54,6 +59,7 @@ SANDBOX_GA4_EXPORT_DATASET = "analytics_123456789"
 DEFAULT_SOURCE_BYTE_BUDGET = str(20 * 1024**3)
 SLACK_SWITCH = "REVENUE_PIPELINES_SLACK"
 LOCAL_WEBSERVER_URL = "http://127.0.0.1:3000"  # `make dev`
+DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS = 30
 REQUIRED = "required"
 """A PROD default that is no default: the variable must be set."""
 
@@ -74,6 +80,9 @@ class Environment:
     slack_digest_io_manager: SlackDigestIOManager | None
     webserver_url: str
     """The Dagster UI's address, for links in alerts."""
+    receiver_queue_path: Path | None = None
+    """The webhook receiver's queue; None: under the Dagster instance's folder, if it has one."""
+    crm_change_sensor_interval_seconds: int = DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS
 
     def resources(self) -> dict[str, Any]:
         """Every resource of this environment by its key, as the definitions bind them."""
@@ -210,7 +219,25 @@ def _resources(settings: _Settings) -> Environment:
             "DAGSTER_WEBSERVER_URL", local=LOCAL_WEBSERVER_URL, prod=REQUIRED if slack else LOCAL_WEBSERVER_URL
         )
         or LOCAL_WEBSERVER_URL,
+        receiver_queue_path=default_queue_path(os.environ),
+        crm_change_sensor_interval_seconds=_positive_int(
+            "CRM_CHANGE_SENSOR_INTERVAL_SECONDS",
+            settings.value("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", local=None, prod=None),
+            DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS,
+        ),
     )
+
+
+def _positive_int(variable: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{variable}={value!r}: say a whole number of seconds, at least 1.")
+    return number
 
 
 def _slack(settings: _Settings) -> SlackResource | None:

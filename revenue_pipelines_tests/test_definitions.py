@@ -7,6 +7,7 @@ import pytest
 
 from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.ga4.reports import REPORTS, Report
+from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
 RAW_TABLES = [
     *(f"hubspot/raw/{table}" for table in ("contacts", "companies", "deals")),
@@ -58,10 +59,19 @@ def test_raw_tables_have_a_blocking_schema_check():
 
 def test_the_daily_schedule_runs_the_previous_day():
     schedule = defs().get_schedule_def("daily_revenue_job_schedule")
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 1, 0, tzinfo=UTC))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 22, 1, 0, tzinfo=UTC),
+        repository_def=defs().get_repository_def(),  # as the daemon gives it: the partition is checked against the job
+    )
     [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-11-21"
+    assert request.run_key == "2026-11-21"  # one run per day, however often the tick is retried
     assert schedule.job_name == "daily_revenue_job"
+
+
+def test_todays_partition_exists_so_a_change_made_today_can_be_ingested_today():
+    now = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
+    assert DAILY_INGESTION.get_partition_keys(current_time=now)[-2:] == ["2026-11-21", "2026-11-22"]
 
 
 def test_the_ga4_late_data_schedule_pulls_the_last_three_days_again_in_one_run():

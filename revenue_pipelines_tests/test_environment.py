@@ -36,6 +36,9 @@ OPTIONAL = [
     "REVENUE_PIPELINES_DATA_DIR",
     "SLACK_API_URL",
     SLACK_SWITCH,
+    "RECEIVER_QUEUE_PATH",
+    "DAGSTER_HOME",
+    "CRM_CHANGE_SENSOR_INTERVAL_SECONDS",
 ]
 
 
@@ -114,4 +117,26 @@ def test_prod_posts_to_real_slack_unless_slack_is_switched_off(environment):
     get_environment.cache_clear()
     environment.setenv(SLACK_SWITCH, "maybe")
     with pytest.raises(ValueError, match="REVENUE_PIPELINES_SLACK='maybe': say on or off"):
+        get_environment()
+
+
+def test_the_crm_change_sensor_finds_the_receivers_queue_by_the_receivers_rule(environment, tmp_path):
+    local = get_environment()
+    assert local.receiver_queue_path is None  # then the sensor looks under the instance's folder
+    assert local.crm_change_sensor_interval_seconds == 30
+
+    get_environment.cache_clear()
+    environment.setenv("DAGSTER_HOME", str(tmp_path))
+    environment.setenv("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", "5")
+    home = get_environment()
+    assert home.receiver_queue_path == tmp_path / "receiver" / "queue.db"
+    assert home.crm_change_sensor_interval_seconds == 5
+
+    get_environment.cache_clear()
+    environment.setenv("RECEIVER_QUEUE_PATH", str(tmp_path / "elsewhere.db"))
+    assert get_environment().receiver_queue_path == tmp_path / "elsewhere.db"
+
+    get_environment.cache_clear()
+    environment.setenv("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", "0")
+    with pytest.raises(ValueError, match="CRM_CHANGE_SENSOR_INTERVAL_SECONDS='0'"):
         get_environment()

@@ -202,3 +202,17 @@ def test_an_oversized_body_is_refused_while_it_is_read_not_after(tmp_path):
 
     assert sent[0]["status"] == 413
     assert received <= 17  # 1 MiB and the chunk that passed it, not 64 MiB
+
+
+def test_markers_by_prefix_and_remarking_with_the_runs_id(tmp_path):
+    with SqliteEventQueue(tmp_path / "queue.db") as queue:
+        queue.put([event(n) for n in range(4)])
+        queue.mark_launched([1, 2], "crm-changes-2026-11-18-1-2-1")
+        queue.mark_launched([3], "crm_changesX")  # `_` is no wildcard
+        assert queue.markers("crm-changes-") == {"crm-changes-2026-11-18-1-2-1": [1, 2]}
+        assert queue.markers("crm_changes") == {"crm_changesX": [3]}
+
+        assert queue.remark("crm-changes-2026-11-18-1-2-1", "run-id") == 2
+        assert queue.markers("crm-changes-") == {}
+        assert queue.markers("run-id") == {"run-id": [1, 2]}
+        assert queue.depth() == 1

@@ -86,6 +86,14 @@ class EventQueue(Protocol):
         """Make a failed run's events pending again; the number released."""
         ...
 
+    def markers(self, prefix: str) -> dict[str, list[int]]:
+        """The events taken under each marker (a run id or run key) starting with `prefix`."""
+        ...
+
+    def remark(self, marker: str, run_id: str) -> int:
+        """Move the events taken under `marker` to `run_id` (once the run's id is known); the number moved."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -206,6 +214,25 @@ class SqliteEventQueue:
             return self._connection.execute(
                 f"UPDATE {TABLE} SET launched_run_id = NULL, launched_at = NULL WHERE launched_run_id = ?",  # noqa: S608
                 (run_id,),
+            ).rowcount
+
+    def markers(self, prefix: str) -> dict[str, list[int]]:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT launched_run_id, id FROM {TABLE} WHERE launched_run_id LIKE ? ESCAPE '\\' ORDER BY id",  # noqa: S608
+                (escaped + "%",),
+            ).fetchall()
+        found: dict[str, list[int]] = {}
+        for marker, event_id in rows:
+            found.setdefault(marker, []).append(event_id)
+        return found
+
+    def remark(self, marker: str, run_id: str) -> int:
+        with self._lock:
+            return self._connection.execute(
+                f"UPDATE {TABLE} SET launched_run_id = ? WHERE launched_run_id = ?",  # noqa: S608
+                (run_id, marker),
             ).rowcount
 
     def close(self) -> None:

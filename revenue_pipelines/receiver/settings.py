@@ -57,6 +57,16 @@ class Settings:
     max_timestamp_age_seconds: int = 300
 
 
+def default_queue_path(env: Mapping[str, str]) -> Path | None:
+    """`RECEIVER_QUEUE_PATH`, else `$DAGSTER_HOME/receiver/queue.db`, else None. The receiver and
+    the sensor (through `revenue_pipelines.environment`) find the queue by this one rule."""
+    if path := (env.get("RECEIVER_QUEUE_PATH") or "").strip():
+        return Path(path)
+    if home := (env.get("DAGSTER_HOME") or "").strip():
+        return Path(home) / "receiver" / "queue.db"
+    return None
+
+
 def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     missing: list[str] = []
@@ -83,12 +93,8 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         public_url = f"http://{host}:{port}"
 
-    queue_path = None
-    if get("RECEIVER_QUEUE_PATH"):
-        queue_path = Path(get("RECEIVER_QUEUE_PATH"))
-    elif get("DAGSTER_HOME"):
-        queue_path = Path(get("DAGSTER_HOME")) / "receiver" / "queue.db"
-    else:
+    queue_path = default_queue_path(env)
+    if queue_path is None:
         missing.append("RECEIVER_QUEUE_PATH (or DAGSTER_HOME)")
 
     hubspot_secret = get("HUBSPOT_APP_CLIENT_SECRET")

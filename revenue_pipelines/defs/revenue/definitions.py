@@ -1,5 +1,7 @@
 """The unified revenue model (account identity, marts), and the cross-source job and its schedule."""
 
+from datetime import UTC, timedelta
+
 import dagster as dg
 
 from revenue_pipelines.defs.revenue.identity import account_identity
@@ -22,11 +24,20 @@ daily_revenue_job = dg.define_asset_job(
     ),
 )
 
-daily_revenue_schedule = dg.build_schedule_from_partitioned_job(
-    daily_revenue_job,
-    hour_of_day=1,
+
+@dg.schedule(
+    name="daily_revenue_job_schedule",
+    job=daily_revenue_job,
+    cron_schedule="0 1 * * *",
+    execution_timezone="UTC",
     description="Every day at 01:00 UTC, the previous day's partition.",
 )
+def daily_revenue_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday, named from the tick's time: the partitions now run to today (`end_offset=1`, for
+    the webhook-driven runs), so the last partition is no longer the day to complete."""
+    day = (context.scheduled_execution_time.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=day, partition_key=day)
+
 
 defs = dg.Definitions(
     assets=[account_identity, pipeline, accounts, daily_revenue_metrics, channel_attribution],
