@@ -116,6 +116,11 @@ def _run(sandbox: Sandbox, command: list[str]) -> int:
     to the group; what is left of the group when the command exits is terminated; and on Linux the
     command gets SIGTERM when this process dies without a word (SIGKILL)."""
     with sandbox:
+        # Handlers first: a signal that comes while the command starts is held, then passed on.
+        group: list[int] = []
+        held: list[int] = []
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: _signal_group(group[0], signum) if group else held.append(signum))
         try:
             child = subprocess.Popen(  # noqa: S603 - the user's own command
                 command,
@@ -126,8 +131,9 @@ def _run(sandbox: Sandbox, command: list[str]) -> int:
         except OSError as error:
             print(f"cannot run {command[0]!r}: {error}", file=sys.stderr)
             return 127
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, lambda signum, _: _signal_group(child.pid, signum))
+        group.append(child.pid)
+        for signum in held:
+            _signal_group(child.pid, signum)
         try:
             status = child.wait()
         finally:
