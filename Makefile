@@ -41,8 +41,11 @@ format: install
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+# The UI with the sandbox behind it, and the webhook receiver beside it: the sandbox edits a record
+# now and then and sends its webhook, crm_change_sensor turns it into a run.
 dev: install
-	$(RUN) python -m revenue_pipelines.sandbox run -- dg dev --host 127.0.0.1 --port 3000
+	$(RUN) python -m revenue_pipelines.sandbox run --webhooks-to http://127.0.0.1:8780 --live-changes 60 -- \
+		sh -c 'python -m revenue_pipelines.receiver & exec dg dev --host 127.0.0.1 --port 3000'
 
 sandbox: install
 	$(RUN) python -m revenue_pipelines.sandbox serve

@@ -54,7 +54,7 @@ from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 from revenue_pipelines.sandbox.slack import Slack
-from revenue_pipelines.sandbox.webhooks import Webhooks
+from revenue_pipelines.sandbox.webhooks import LiveChanges, Webhooks
 
 __all__ = [
     "GA4",
@@ -98,7 +98,8 @@ class Sandbox:
 
     `webhooks` sends the webhooks HubSpot and Salesforce would send for the sandbox's edits
     (`touch`), signed and shaped as theirs, once `webhooks.send_to(url)` names a receiver; the
-    receiver's secrets are in `env()`.
+    receiver's secrets are in `env()`. `live_changes.start(seconds)` edits a random record now and
+    then, as people do during the day.
 
     `mess` is the share of records given the odd values real portals hold (`mess.py`: broken and
     plus-addressed e-mails, internationalised domains, 15-character Salesforce ids on synced deals,
@@ -155,6 +156,7 @@ class Sandbox:
         self.hubspot.mirror_salesforce(self.salesforce.truth("Opportunity"), self.salesforce.truth_overlap())
         self.mess = apply_mess(self.hubspot, self.salesforce, seed, mess)
         self.webhooks = Webhooks(portal_id=PORTAL_ID)
+        self.live_changes = LiveChanges(self.hubspot, self.salesforce, seed)
         self.hubspot.on_change = self.webhooks.hubspot_changed
         self.salesforce.on_change = self.webhooks.salesforce_changed
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
@@ -249,6 +251,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        self.live_changes.stop()
         self.webhooks.stop()
         if self._listeners is not None:
             if self.bigquery:

@@ -48,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         bigquery=not args.no_bigquery,
         mess=args.mess,
     )
-    if args.command == "serve":
-        return _serve(sandbox)
-    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not command:
+    command = getattr(args, "cmd", [])
+    command = command[1:] if command[:1] == ["--"] else command
+    if args.command == "run" and not command:
         parser.error("run needs a command after --")
-    return _run(sandbox, command)
+    with sandbox:
+        if args.webhooks_to:
+            sandbox.webhooks.send_to(args.webhooks_to)
+        sandbox.live_changes.start(args.live_changes)
+        return _serve(sandbox) if args.command == "serve" else _run(sandbox, command)
 
 
 def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, default_salesforce_port: int) -> None:
@@ -76,6 +79,18 @@ def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, def
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument(
         "--no-bigquery", action="store_true", help="skip BigQuery's emulator, which takes seconds to start"
+    )
+    parser.add_argument(
+        "--webhooks-to",
+        default=None,
+        help="send HubSpot's and Salesforce's webhooks for the sandbox's edits to this receiver, e.g. "
+        "http://127.0.0.1:8780",
+    )
+    parser.add_argument(
+        "--live-changes",
+        type=float,
+        default=0.0,
+        help="edit a random contact, deal or opportunity every this many seconds, now (0: never)",
     )
     parser.add_argument(
         "--mess",

@@ -15,13 +15,15 @@ recorded in `deliveries`. A receiver that fails is retried RETRIES times, as the
 
 import itertools
 import json
+import random
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
+import polars as pl
 import urllib3
 from hubspot.utils.signature import Signature
 
@@ -163,3 +165,42 @@ class Webhooks:
             time.sleep(RETRY_WAIT_SECONDS * attempts)
         with self._lock:
             self._deliveries.append(Delivery(source, ids, status, attempts, acked))
+
+
+class LiveChanges:
+    """People at work: every `every_seconds`, a random live contact, deal or opportunity is edited
+    now, so its webhook goes out (`make dev` shows a change arrive and a run start)."""
+
+    def __init__(self, hubspot, salesforce, seed: int):
+        self._hubspot, self._salesforce = hubspot, salesforce
+        self._random = random.Random(f"{seed}:live")
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, every_seconds: float) -> None:
+        if every_seconds <= 0 or self._thread is not None:
+            return
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._edit_until_stopped, args=(every_seconds,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def edit_one(self) -> None:
+        """Edit one random live record now."""
+        now = datetime.now(UTC)
+        kind = self._random.choice(("contacts", "deals", "Opportunity"))
+        if kind == "Opportunity":
+            live = self._salesforce.truth(kind).filter(~pl.col("IsDeleted"))["Id"].to_list()
+            self._salesforce.touch(kind, self._random.choice(live), now)
+        else:
+            live = self._hubspot.truth(kind).filter(~pl.col("archived"))["id"].to_list()
+            self._hubspot.touch(kind, [self._random.choice(live)], now)
+
+    def _edit_until_stopped(self, every_seconds: float) -> None:
+        while not self._stopped.wait(every_seconds):
+            self.edit_one()
