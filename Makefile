@@ -57,3 +57,4 @@ bench: install
 	$(RUN) python -m bench.transform_scale
 	$(RUN) python -m bench.ga4_generate
 	$(RUN) python -m bench.receiver
+	$(RUN) python -m bench.fail_fast

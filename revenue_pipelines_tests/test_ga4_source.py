@@ -2,7 +2,6 @@
 
 import json
 import socket
-import time as clock
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
@@ -23,7 +22,6 @@ FIRST = END - timedelta(days=4)
 REPORT = {report.name: report for report in REPORTS}
 ASSET = {report.name: asset for report, asset in zip(REPORTS, ga4_report_assets, strict=True)}
 WARN_CHECKS = ("not_sampled", "not_thresholded", "no_other_row")
-FAIL_FAST_SECONDS = 60  # the issue's bound for a configuration mistake; they take about a second
 
 
 @pytest.fixture
@@ -54,11 +52,9 @@ def _checks(result: dg.ExecuteInProcessResult, report: Report) -> dict[str, dg.A
 
 
 def failed_fast(sandbox, tmp_path, resource) -> str:
-    """Read one report with `resource`; check the step failed at once, without step retries, and
-    return the failure's description."""
-    started = clock.monotonic()
+    """Read one report with `resource`; check the step failed without step retries, and return the
+    failure's description. (How long that takes is measured in bench/fail_fast.py.)"""
     result = materialize_ga4(sandbox, tmp_path, END, END, [ASSET["traffic_by_channel"]], resource)
-    assert clock.monotonic() - started < FAIL_FAST_SECONDS
     assert not result.success
     assert not [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     [failure] = [event for event in result.all_events if event.is_step_failure]

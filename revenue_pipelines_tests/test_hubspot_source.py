@@ -1,7 +1,6 @@
 """HubSpot end to end: the real hubspot-api-client against the sandbox, reconciled with its ground truth."""
 
 import socket
-import time
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -257,15 +256,13 @@ def _closed_port_url() -> str:
 
 
 def _fails_at_once_without_step_retries(sandbox, tmp_path, resource: HubSpotResource, asset=hubspot_contacts) -> str:
-    """Materializes `asset` with `resource`: the step fails, is not retried, within a minute; its message."""
-    started = time.monotonic()
+    """Materializes `asset` with `resource`: the step fails and is not retried; its message. (How
+    long that takes is measured in bench/fail_fast.py.)"""
     result = materialize_hubspot(sandbox, tmp_path, END, END, assets=[asset], resource=resource)
-    elapsed = time.monotonic() - started
     assert not result.success
     events = [e.event_type for e in result.all_events]
     assert events.count(dg.DagsterEventType.STEP_FAILURE) == 1
     assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in events
-    assert elapsed < 60, f"took {elapsed:.0f} s"
     return str(result.get_step_failure_events()[0].event_specific_data.error)
 
 

@@ -35,14 +35,27 @@ def event(number: int, source: str = "hubspot") -> Event:
     )
 
 
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self, now: datetime = NOW):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 def test_the_queue_keeps_each_event_once_until_a_run_takes_it_and_gives_back_a_failed_runs(tmp_path):
-    with SqliteEventQueue(tmp_path / "receiver" / "queue.db") as queue:
+    with SqliteEventQueue(tmp_path / "receiver" / "queue.db", clock=Clock()) as queue:
         assert (queue.depth(), queue.oldest_age_seconds(), queue.pending(10)) == (0, None, [])
         assert queue.put([event(1), event(2), event(1, source="billing")]) == 3
         assert queue.put([event(2), event(3)]) == 1  # a duplicate is stored once
         assert queue.put([]) == 0
         assert queue.depth() == 4
-        assert 0 <= queue.oldest_age_seconds() < 5
+        assert queue.oldest_age_seconds() == 0.0
 
         first = queue.pending(2)
         assert [(item.source, item.event_id) for item in first] == [("hubspot", "evt-1"), ("hubspot", "evt-2")]
@@ -69,16 +82,15 @@ def test_the_queue_keeps_each_event_once_until_a_run_takes_it_and_gives_back_a_f
 
 
 def test_the_oldest_pending_events_age_counts_from_its_arrival(tmp_path):
-    with SqliteEventQueue(tmp_path / "queue.db") as queue:
+    clock = Clock()
+    with SqliteEventQueue(tmp_path / "queue.db", clock=clock) as queue:
         queue.put([event(1)])
-        queue._connection.execute(
-            "UPDATE receiver_events SET received_at = ?",
-            ((datetime.now(UTC) - timedelta(minutes=3)).isoformat(timespec="microseconds"),),
-        )
+        clock.now += timedelta(minutes=3)
         queue.put([event(2)])
-        assert 179 < queue.oldest_age_seconds() < 190
+        clock.now += timedelta(seconds=7)
+        assert queue.oldest_age_seconds() == 187.0
         queue.mark_launched([queue.pending(1)[0].id], "run-a")
-        assert queue.oldest_age_seconds() < 5
+        assert queue.oldest_age_seconds() == 7.0
 
 
 def test_salesforce_ids_are_normalised_as_the_pipeline_normalises_them():

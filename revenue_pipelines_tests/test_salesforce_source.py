@@ -5,7 +5,6 @@ import os
 import re
 import socket
 import stat
-import time
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs
 
@@ -328,15 +327,12 @@ def _closed_port() -> int:
     [(f"127.0.0.1:{_closed_port()}", "refused"), ("login.salesforce.invalid", "does not resolve")],
     ids=["connection-refused", "unknown-host"],
 )
-def test_an_unreachable_token_url_fails_within_a_minute_naming_the_variable(sandbox, tmp_path, host, reason):
+def test_an_unreachable_token_url_fails_without_retries_naming_the_variable(sandbox, tmp_path, host, reason):
     resource = _production_resource(sandbox, tmp_path / "tokens", token_url=f"https://{host}/services/oauth2/token")
-    began = time.monotonic()
     result = materialize_salesforce(sandbox, tmp_path, END, END, [salesforce_opportunities], resource)
-    elapsed = time.monotonic() - began
 
     message = _failed_once_without_retries(result)
     assert "SALESFORCE_TOKEN_URL" in message and reason in message and host in message
-    assert elapsed < 60  # the bound; it takes seconds
 
 
 def test_wrong_client_credentials_fail_fast_and_no_secret_reaches_the_logs(sandbox, tmp_path):

@@ -123,9 +123,8 @@ def test_tls_verifies_with_the_ca_bundle_and_fails_without_it(sb):
 def test_a_stalled_handshake_does_not_block_other_clients(sb):
     host, port = sb.salesforce_url.removeprefix("https://").split(":")
     with socket.create_connection((host, int(port))):  # connects, never says hello
-        started = time.monotonic()
+        # Were the handshake made in the accept loop, this grant would wait forever (its timeout fails it).
         assert grant(sb).status_code == 200
-        assert time.monotonic() - started < 2
 
 
 # --- OAuth and sessions ------------------------------------------------------------------------

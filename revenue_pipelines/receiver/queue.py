@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,8 +110,10 @@ class SqliteEventQueue:
     """The queue in a SQLite file: WAL, `synchronous=FULL` (a commit survives power loss, not only
     a killed process), one connection shared by the receiver's threads under a lock."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        """`clock` says when events arrive and how old they are (a test pins it)."""
         self.path = Path(path)
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -124,7 +126,7 @@ class SqliteEventQueue:
     def put(self, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        received_at = _timestamp(datetime.now(UTC))
+        received_at = _timestamp(self._clock())
         rows = [
             (
                 event.source,
@@ -167,7 +169,7 @@ class SqliteEventQueue:
             ).fetchone()
         if oldest is None:
             return None
-        return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds())
+        return max(0.0, (self._clock() - datetime.fromisoformat(oldest)).total_seconds())
 
     def pending(self, limit: int) -> list[QueuedEvent]:
         with self._lock:
@@ -192,7 +194,7 @@ class SqliteEventQueue:
         ]
 
     def mark_launched(self, ids: Iterable[int], run_id: str) -> int:
-        launched_at = _timestamp(datetime.now(UTC))
+        launched_at = _timestamp(self._clock())
         with self._lock:
             self._connection.execute("BEGIN IMMEDIATE")
             try:
