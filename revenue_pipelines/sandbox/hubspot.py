@@ -35,6 +35,7 @@ from revenue_pipelines.sandbox.hubspot_data import (
     add_mirrored_deals,
     as_utc,
     generate_portal,
+    with_values,
 )
 from revenue_pipelines.sandbox.server import (
     JSON_CONTENT_TYPE,
@@ -258,22 +259,8 @@ class HubSpot(Service):
         if not values:
             return
         with self._lock:
-            given = pl.DataFrame(
-                {"id": list(values), "__value": list(values.values())}, schema_overrides={"__value": pl.Utf8}
-            )
-            frame = self._tables[object_type].frame
-            frame = (
-                frame.join(given, on="id", how="left", maintain_order="left")
-                .with_columns(
-                    pl.when(pl.col("id").is_in(given["id"].implode()))
-                    .then("__value")
-                    .otherwise(pl.col(column))
-                    .cast(frame.schema[column])
-                    .alias(column)
-                )
-                .drop("__value")
-            )
-            self._tables[object_type] = ObjectTable(frame, self._tables[object_type].schema)
+            table = self._tables[object_type]
+            self._tables[object_type] = ObjectTable(with_values(table.frame, "id", column, values), table.schema)
 
     def touch(self, object_type: str, ids: Iterable[int], at: datetime) -> None:
         """Modify records at `at`: their modification property and updatedAt move there."""

@@ -602,6 +602,26 @@ def _deal_contacts(draws: Draws, deal_company: pl.Series, contact_company: pl.Se
     return positions.with_columns(contact=members["contact"].gather(positions["position"])).select("deal", "contact")
 
 
+def with_values(frame: pl.DataFrame, key: str, column: str, values: dict) -> pl.DataFrame:
+    """`frame` with `column` set to `values[row's key]` on the rows whose `key` is in `values`
+    (a None value too); the rest as they were."""
+    given = pl.DataFrame(
+        {key: list(values), "__value": list(values.values())},
+        schema_overrides={key: frame.schema[key], "__value": pl.Utf8},
+    )
+    return (
+        frame.join(given, on=key, how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col(key).is_in(given[key].implode()))
+            .then("__value")
+            .otherwise(pl.col(column))
+            .cast(frame.schema[column])
+            .alias(column)
+        )
+        .drop("__value")
+    )
+
+
 def as_utc(moment: datetime) -> datetime:
     """`moment` in UTC; a naive one is taken to be UTC already."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

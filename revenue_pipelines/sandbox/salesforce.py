@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from revenue_pipelines.sandbox import soql
-from revenue_pipelines.sandbox.hubspot_data import UTC_MS, as_utc
+from revenue_pipelines.sandbox.hubspot_data import UTC_MS, as_utc, with_values
 from revenue_pipelines.sandbox.salesforce_data import (
     DATETIME_FORMAT,
     FIRST_COUNTER,
@@ -176,21 +176,7 @@ class Salesforce(Service):
         if not values:
             return
         with self._lock:
-            frame = self._tables[object_name]
-            given = pl.DataFrame(
-                {"Id": list(values), "__value": list(values.values())}, schema_overrides={"__value": pl.Utf8}
-            )
-            self._tables[object_name] = (
-                frame.join(given, on="Id", how="left", maintain_order="left")
-                .with_columns(
-                    pl.when(pl.col("Id").is_in(given["Id"].implode()))
-                    .then("__value")
-                    .otherwise(pl.col(field))
-                    .cast(frame.schema[field])
-                    .alias(field)
-                )
-                .drop("__value")
-            )
+            self._tables[object_name] = with_values(self._tables[object_name], "Id", field, values)
 
     def delete(self, object_name: str, record_id: str, at: datetime) -> None:
         """Delete a record at `at`: IsDeleted, and SystemModstamp moves there. Users cannot be deleted."""
