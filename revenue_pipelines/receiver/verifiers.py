@@ -58,6 +58,15 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 # HubSpot ----------------------------------------------------------------------------------------
 
 
+def _check_age(sent_at: float, max_age_seconds: int, now: float | None) -> None:
+    """Refuse a delivery sent more than `max_age_seconds` ago (a replay) or as far ahead."""
+    age = (time.time() if now is None else now) - sent_at
+    if age > max_age_seconds:
+        raise Refused(400, f"stale timestamp: sent {age:.0f} s ago, more than {max_age_seconds} s")
+    if age < -max_age_seconds:
+        raise Refused(400, "timestamp in the future")
+
+
 def hubspot_uri(public_url: str, path: str, query: str) -> str:
     """The URI HubSpot signed: the public base URL, the path and query, with its escapes decoded."""
     uri = public_url + path + (f"?{query}" if query else "")
@@ -90,11 +99,7 @@ def verify_hubspot(
         sent_at = int(timestamp) / 1000  # milliseconds since the epoch
     except ValueError:
         raise Refused(400, "X-HubSpot-Request-Timestamp is not milliseconds since the epoch") from None
-    age = (time.time() if now is None else now) - sent_at
-    if age > max_age_seconds:
-        raise Refused(400, f"stale timestamp: sent {age:.0f} s ago, more than {max_age_seconds} s")
-    if age < -max_age_seconds:
-        raise Refused(400, "timestamp in the future")
+    _check_age(sent_at, max_age_seconds, now)
     try:
         given = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
@@ -223,11 +228,7 @@ def verify_standard(
         sent_at = int(timestamp)
     except ValueError:
         raise Refused(400, "webhook-timestamp is not seconds since the epoch") from None
-    age = (time.time() if now is None else now) - sent_at
-    if age > max_age_seconds:
-        raise Refused(400, f"stale timestamp: sent {age:.0f} s ago, more than {max_age_seconds} s")
-    if age < -max_age_seconds:
-        raise Refused(400, "timestamp in the future")
+    _check_age(sent_at, max_age_seconds, now)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
