@@ -50,7 +50,14 @@ def test_one_digest_a_day_with_the_marts_figures_and_a_rerun_updates_it(sandbox_
         quality = digest.Quality(0, [], [])
         _, expected = digest.blocks(END, metrics, pipeline, quality)
         assert message.blocks[:4] == expected[:4]
-        assert message.blocks[4]["elements"][0]["text"].startswith("Data quality: 0 rows quarantined")
+        quality_line = message.blocks[4]["elements"][0]["text"]
+        assert quality_line.startswith("Data quality: 0 rows quarantined")
+        warned = {
+            f"{e.asset_key.to_user_string()} {e.check_name}"
+            for e in result.get_asset_check_evaluations()
+            if not e.passed and e.severity == dg.AssetCheckSeverity.WARN
+        }
+        assert warned and all(name in quality_line for name in warned)
 
         # The chart in the message is the PNG kept beside the data, a readable image.
         chart_id = message.blocks[-1]["slack_file"]["id"]

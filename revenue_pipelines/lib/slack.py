@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 
 import dagster as dg
+import polars as pl
 from pydantic import Field, PrivateAttr
 
 from revenue_pipelines.lib.http import unreachable
@@ -272,9 +273,7 @@ class SlackDigestIOManager(dg.ConfigurableIOManager):
         )
 
 
-def _table(sent: list[dict]) -> Any:
-    import polars as pl
-
+def _table(sent: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(sent).select("day", "change", "ts", "permalink")
 
 

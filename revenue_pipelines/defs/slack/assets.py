@@ -51,9 +51,10 @@ def daily_revenue_digest_asset() -> dg.AssetsDefinition:
     ) -> Digests:
         metrics = metrics if metrics is not None else pl.DataFrame(schema={PARTITION_COLUMN: pl.Date})
         days = []
+        warnings = fired_warnings(context)  # checks keep their latest result, not one per day
         for partition_key in context.partition_keys:
             day = date.fromisoformat(partition_key)
-            text, blocks = digest.blocks(day, metrics, pipeline, quality(context, day))
+            text, blocks = digest.blocks(day, metrics, pipeline, quality(context, day, warnings))
             png, channels = digest.chart(metrics, day)
             days.append(
                 DayDigest(
@@ -83,17 +84,26 @@ def previously_posted(instance: dg.DagsterInstance, day: str) -> PostedDigest | 
     return PostedDigest(sent["ts"], sent.get("chart_file_id")) if sent else None
 
 
-def quality(context: dg.AssetExecutionContext, day: date) -> digest.Quality:
-    """Quarantined rows of the day, the WARN checks whose latest result did not pass, and the
-    sources whose raw tables have no materialization of the day: over the assets and checks the
-    run's job knows (the daily job's, or the UI's, all of them)."""
-    instance, graph = context.instance, context.job_def.asset_layer.asset_graph
+def fired_warnings(context: dg.AssetExecutionContext) -> list[str]:
+    """The WARN checks whose latest result did not pass, over the checks the run's job knows (the
+    daily job's, or the UI's: all of them)."""
+    graph, warnings = context.job_def.asset_layer.asset_graph, []
+    for check_key in sorted(graph.asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = record.evaluation if record else None
+        if evaluation and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN:
+            warnings.append(f"{check_key.asset_key.to_user_string()} {check_key.name}")
+    return warnings
+
+
+def quality(context: dg.AssetExecutionContext, day: date, warnings: list[str]) -> digest.Quality:
+    """The day's quarantined rows and the sources whose raw tables have no materialization of it."""
     quarantined, stale = 0, set()
-    for key in graph.get_all_asset_keys():
+    for key in context.job_def.asset_layer.asset_graph.get_all_asset_keys():
         source, layer = (key.path[0], key.path[1]) if len(key.path) == 3 else (None, None)
         if layer not in ("raw", "quarantine"):
             continue
-        records = instance.fetch_materializations(
+        records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]), limit=1
         ).records
         if layer == "raw" and not records:
@@ -101,10 +111,4 @@ def quality(context: dg.AssetExecutionContext, day: date) -> digest.Quality:
         if layer == "quarantine" and records:
             rows = records[0].asset_materialization.metadata.get("rows")
             quarantined += rows.value if rows else 0
-    warnings = []
-    for check_key in sorted(graph.asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        record = instance.get_latest_asset_check_evaluation_record(check_key)
-        evaluation = record.evaluation if record else None
-        if evaluation and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN:
-            warnings.append(f"{check_key.asset_key.to_user_string()} {check_key.name}")
     return digest.Quality(quarantined_rows=quarantined, warnings=warnings, stale_sources=sorted(stale))
