@@ -50,7 +50,7 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
                 max_age_seconds=settings.max_timestamp_age_seconds,
             )
 
-        return await _receive(request, "hubspot", JSON_TYPES, events, lambda new, total: _accepted(new, total))
+        return await _receive(request, "hubspot", JSON_TYPES, events, _accepted)
 
     async def salesforce(request: Request) -> Response:
         async def events(body: bytes) -> list[Event]:
@@ -80,7 +80,7 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
                 max_age_seconds=settings.max_timestamp_age_seconds,
             )
 
-        return await _receive(request, source, JSON_TYPES, events, lambda new, total: _accepted(new, total))
+        return await _receive(request, source, JSON_TYPES, events, _accepted)
 
     async def _receive(request: Request, source: str, media_types: Iterable[str], parse, answer) -> Response:
         try:

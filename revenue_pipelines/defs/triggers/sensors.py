@@ -180,8 +180,8 @@ def _requests(
         context.log.info(f"skipped {len(unmapped)} event(s) no raw table holds: {dict(kinds)}")
         queue.mark_launched([event.id for event in unmapped], SKIPPED)
 
-    partitions = DAILY_INGESTION.get_partition_keys()
-    first, last = date.fromisoformat(partitions[0]), date.fromisoformat(partitions[-1])
+    first = date.fromisoformat(DAILY_INGESTION.get_first_partition_key())
+    last = date.fromisoformat(DAILY_INGESTION.get_last_partition_key())
     by_day: dict[date, list[QueuedEvent]] = defaultdict(list)
     for event in events:
         if raw_table(event) is not None:
