@@ -178,3 +178,15 @@ def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     sensor.evaluate_tick(context)
     return context.cursor
+
+
+def test_a_message_is_found_by_its_metadata_pages_back_in_the_channels_history(sandbox):
+    slack = _slack(sandbox, history_page_size=2)
+    blocks = [{"type": "divider"}]
+    target = slack.post("the one", blocks, {"event_type": DIGEST_EVENT, "event_payload": {"day": "2026-11-20"}})
+    for n in range(7):  # newer messages push it to the fourth page
+        slack.post(f"later {n}", blocks, {"event_type": DIGEST_EVENT, "event_payload": {"day": f"x{n}"}})
+    assert slack.find_message(DIGEST_EVENT, "day", "2026-11-20")["ts"] == target
+    assert slack.find_message(DIGEST_EVENT, "day", "2026-11-21") is None
+    # Beyond HISTORY_PAGES pages it is not looked for.
+    assert _slack(sandbox, history_page_size=1).find_message(DIGEST_EVENT, "day", "2026-11-20") is None

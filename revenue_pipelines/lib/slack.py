@@ -5,6 +5,7 @@ message it posted before (found from the previous materialization, else from the
 history by the message's metadata) and replaces its chart.
 """
 
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,10 +24,11 @@ from revenue_pipelines.lib.metadata import markdown_table
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
+    from slack_sdk.web import SlackResponse
 
 SLACK_API = "https://slack.com/api/"
 REFUSED_TOKEN = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
-HISTORY_PAGES = 5  # how far back (x 200 messages) a lost digest is looked for
+HISTORY_PAGES = 5  # how far back (pages of history) a lost digest is looked for
 DIGEST_EVENT = "revenue_digest"
 
 
@@ -45,6 +47,7 @@ class SlackResource(dg.ConfigurableResource):
     api_url: str = Field(default=SLACK_API, description="Slack's Web API base URL, from SLACK_API_URL.")
     timeout_seconds: float = 30.0
     max_retries: int = 4
+    history_page_size: int = Field(default=200, ge=1, le=999, description="Messages per page of channel history.")
 
     _client: Any = PrivateAttr(default=None)
 
@@ -99,16 +102,16 @@ class SlackResource(dg.ConfigurableResource):
                 ) from None
             raise
 
-    def _in_channel(self, method: str, **arguments: Any) -> dict[str, Any]:
+    def _in_channel(self, method: str, **arguments: Any) -> "SlackResponse":
         """Call a method that needs the bot in the channel; joins a public channel when it is not."""
         with self._answers():
             try:
-                return getattr(self.client(), method)(channel=self.channel, **arguments).data
+                return getattr(self.client(), method)(channel=self.channel, **arguments)
             except Exception as error:
                 if _code(error) != "not_in_channel":
                     raise
             self.join()
-            return getattr(self.client(), method)(channel=self.channel, **arguments).data
+            return getattr(self.client(), method)(channel=self.channel, **arguments)
 
     def join(self) -> None:
         with self._answers():
@@ -142,17 +145,16 @@ class SlackResource(dg.ConfigurableResource):
 
     def find_message(self, event_type: str, key: str, value: str) -> dict[str, Any] | None:
         """The newest message of the channel whose metadata has `event_type` and
-        `event_payload[key] == value`, among the latest HISTORY_PAGES pages of history."""
-        cursor = None
-        for _ in range(HISTORY_PAGES):
-            page = self._in_channel("conversations_history", include_all_metadata=True, limit=200, cursor=cursor)
-            for message in page.get("messages", []):
-                metadata = message.get("metadata") or {}
-                if metadata.get("event_type") == event_type and (metadata.get("event_payload") or {}).get(key) == value:
-                    return message
-            cursor = (page.get("response_metadata") or {}).get("next_cursor")
-            if not page.get("has_more") or not cursor:
-                return None
+        `event_payload[key] == value`, among the latest HISTORY_PAGES pages of history (slack_sdk's
+        response follows the cursor from page to page)."""
+        history = self._in_channel("conversations_history", include_all_metadata=True, limit=self.history_page_size)
+        with self._answers():
+            for page in itertools.islice(history, HISTORY_PAGES):
+                for message in page.get("messages", []):
+                    metadata = message.get("metadata") or {}
+                    payload = metadata.get("event_payload") or {}
+                    if metadata.get("event_type") == event_type and payload.get(key) == value:
+                        return message
         return None
 
     def permalink(self, ts: str) -> str:
