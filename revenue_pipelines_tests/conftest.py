@@ -30,6 +30,9 @@ from revenue_pipelines.sandbox import Sandbox
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+# `postgres`: a throwaway PostgreSQL cluster per module, for the tests that need one.
+pytest_plugins = ["revenue_pipelines_tests.postgres_server"]
+
 END = date(2026, 11, 20)
 HUBSPOT_ASSETS = [hubspot_contacts, hubspot_companies, hubspot_deals]
 SALESFORCE_ASSETS = [
