@@ -136,7 +136,7 @@ def _accepted(new: int, total: int) -> Response:
 
 def _refuse(request: Request, source: str, refusal: Refused) -> Response:
     log.warning("source=%s status=%d reason=%s client=%s", source, refusal.status, refusal.reason, _client(request))
-    return JSONResponse({"error": refusal.reason}, status_code=refusal.status)
+    return JSONResponse({"error": refusal.reason}, status_code=refusal.status, headers=refusal.headers)
 
 
 def _client(request: Request) -> str:

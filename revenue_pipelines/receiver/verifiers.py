@@ -45,10 +45,14 @@ SALESFORCE_ACK = (
 
 
 class Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    """A request the receiver answers with `status`; `reason` is safe to log and to return (it
+    never quotes a secret, a signature or the body); `headers` go on the answer (e.g. Retry-After)."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = dict(headers or {})
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
