@@ -220,7 +220,7 @@ class KeyStore:
                 self._buckets[key.key_id] = (tokens - 1, now)
                 return 0
             self._buckets[key.key_id] = (tokens, now)
-            return max(1, math.ceil((1 - tokens) / per_second))
+            return max(1, math.ceil(round((1 - tokens) / per_second, 3)))  # 1.0000000001 s is 1 s
 
 
 def _unauthorized(detail: str, key: ApiKey | None) -> KeyRefused:
