@@ -16,6 +16,7 @@ stdout (so `TOKEN=$(... keys create ...)` works); everything else about it goes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -23,11 +24,11 @@ import re
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from revenue_pipelines.receiver.audit import AuditEntry, AuditLog
+from revenue_pipelines.receiver.audit import AuditLog
 from revenue_pipelines.receiver.database import connect, database_url
 from revenue_pipelines.receiver.keys import SCOPES, ApiKey, KeyStore, UnknownKey
 
@@ -43,7 +44,7 @@ class Done:
 
     detail: dict[str, Any]
     out: str
-    note: str = field(default="")
+    note: str = ""
 
 
 def main(argv: Sequence[str]) -> int:
@@ -71,17 +72,14 @@ def main(argv: Sequence[str]) -> int:
 
 def _key_command(keys: KeyStore, audit: AuditLog, arguments: argparse.Namespace) -> int:
     """Run one `keys` command and audit it, success or failure, before printing what it made."""
-    action = f"keys.{arguments.action}"
-    actor = f"cli:{_os_user()}"
+    who = {"actor": f"cli:{_os_user()}", "action": f"keys.{arguments.action}", "client": socket.gethostname()}
     try:
         done = arguments.run(keys, arguments)
     except (ValueError, UnknownKey) as error:
-        message = str(error)
-        audit.record(actor=actor, action=action, outcome=f"failed: {message}", client=socket.gethostname(),
-                     detail=_asked(arguments))  # fmt: skip
-        print(f"receiver keys {arguments.action}: {message}", file=sys.stderr)
+        audit.record(**who, outcome=f"failed: {error}", detail=_asked(arguments))
+        print(f"receiver keys {arguments.action}: {error}", file=sys.stderr)
         return 1
-    audit.record(actor=actor, action=action, outcome="ok", client=socket.gethostname(), detail=done.detail)
+    audit.record(**who, outcome="ok", detail=done.detail)
     if done.note:
         print(done.note, file=sys.stderr)
     print(done.out)
@@ -120,7 +118,7 @@ def _show_audit(audit: AuditLog, arguments: argparse.Namespace) -> int:
     entries = audit.since(arguments.since, arguments.limit)
     if arguments.json:
         for entry in entries:
-            print(json.dumps(_entry_json(entry), ensure_ascii=False))
+            print(json.dumps({**dataclasses.asdict(entry), "at": entry.at.isoformat()}, ensure_ascii=False))
         return 0
     rows = [
         [_when(entry.at), entry.actor, entry.action, entry.outcome, entry.client or "",
@@ -129,18 +127,6 @@ def _show_audit(audit: AuditLog, arguments: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(_table(["at", "actor", "action", "outcome", "client", "detail"], rows))
     return 0
-
-
-def _entry_json(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "at": entry.at.isoformat(),
-        "actor": entry.actor,
-        "action": entry.action,
-        "outcome": entry.outcome,
-        "client": entry.client,
-        "detail": entry.detail,
-    }
 
 
 def _described(key: ApiKey) -> dict[str, Any]:
