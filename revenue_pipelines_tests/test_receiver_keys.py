@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +112,8 @@ def test_a_key_without_the_scope_is_refused_403(database):
     assert (refused_.status, refused_.reason, refused_.actor) == (403, "this key does not have the launch scope",
                                                                   f"key:{key.key_id}")  # fmt: skip
     assert keys.authorize(bearer(token), "read") == key
+    with pytest.raises(ValueError, match="no scope 'admin'"):  # a caller's typo is a bug, not a 403
+        keys.authorize(bearer(token), "admin")
 
 
 @pytest.mark.parametrize(
@@ -234,6 +237,25 @@ def test_the_rate_limit_empties_the_bucket_answers_429_with_retry_after_and_refi
     for _ in range(3):
         assert keys.authorize(bearer(token), "launch") == key
     assert refusal(keys, bearer(token)).status == 429
+    clock.now -= timedelta(minutes=10)  # a clock set back refills nothing
+    assert refusal(keys, bearer(token)).status == 429
+
+
+def test_concurrent_requests_take_exactly_the_buckets_tokens(database):
+    keys = KeyStore(database.engine, clock=Clock())
+    _, token = keys.create("burst", ["launch"], None, rate_per_minute=25)
+
+    def attempt(_: int) -> int:
+        try:
+            keys.authorize(bearer(token), "launch")
+        except KeyRefused as refused_:
+            return refused_.status
+        return 200
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(attempt, range(40)))
+
+    assert (statuses.count(200), statuses.count(429)) == (25, 15)
 
 
 def test_a_key_needs_a_name_known_scopes_and_a_positive_rate_and_expiry(database):

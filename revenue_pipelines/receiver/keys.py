@@ -182,6 +182,8 @@ class KeyStore:
         """From the `Authorization: Bearer <token>` header value: the key, or `KeyRefused` with 401
         (missing, malformed, unknown, wrong secret, expired, revoked), 403 (scope not granted) or 429
         with `Retry-After` (the key's bucket is empty). Blocking: call it in a thread."""
+        if scope not in SCOPES:
+            raise ValueError(f"no scope {scope!r}: the scopes are {', '.join(SCOPES)}")  # a bug, not a refusal
         if not authorization:
             raise _unauthorized("no Authorization header", None)
         scheme, _, token = authorization.strip().partition(" ")
@@ -214,7 +216,8 @@ class KeyStore:
         per_second = key.rate_per_minute / 60
         with self._lock:
             tokens, counted = self._buckets.get(key.key_id, (float(key.rate_per_minute), now))
-            elapsed = max(0.0, (now - counted).total_seconds())  # a clock set back refills nothing
+            now = max(now, counted)  # threads may arrive out of order: time in the bucket only moves forward
+            elapsed = (now - counted).total_seconds()
             tokens = min(float(key.rate_per_minute), tokens + elapsed * per_second)
             if tokens >= 1:
                 self._buckets[key.key_id] = (tokens - 1, now)
