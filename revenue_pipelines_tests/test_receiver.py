@@ -13,6 +13,8 @@ import pytest
 from hubspot.utils.signature import Signature
 from standardwebhooks.webhooks import Webhook
 
+from revenue_pipelines.receiver.audit import AuditLog
+from revenue_pipelines.receiver.database import connect, sqlite_url
 from revenue_pipelines.receiver.queue import SqliteEventQueue
 from revenue_pipelines_tests.receiver_process import (
     BILLING_SECRET,
@@ -466,3 +468,43 @@ def test_logs_carry_no_secret_signature_or_body(client, receiver):
         assert signature.rpartition(",")[2][:16] not in log
     assert marker not in log
     assert "lifecyclestage" not in log and "Closed Won" not in log
+
+
+# Audit ------------------------------------------------------------------------------------------
+
+
+def test_every_refused_delivery_is_audited_and_no_accepted_one(client, receiver, queue):
+    marker = f"body-marker-{uuid.uuid4().hex}"
+    hubspot_body = json.dumps([{**hubspot_events(601)[0], "propertyValue": marker}])
+    standard_body = json.dumps({"type": "invoice.paid", "data": {"id": marker}})
+    salesforce_body = outbound_message(ORGANIZATION_ID_18, ("04l5g00000LoGsAAAV", "Account", marker[:18]))
+    sent = [
+        client.post("/webhooks/hubspot", content=hubspot_body, headers=hubspot_headers(hubspot_body)),
+        client.post("/webhooks/hubspot", content=hubspot_body, headers=hubspot_headers(hubspot_body, secret="x")),
+        client.post("/webhooks/billing", content=standard_body, headers=standard_headers(ERP_SECRET, standard_body,
+                                                                                         "msg_forged")),
+        client.post("/webhooks/billing", content=standard_body, headers={"Content-Type": "text/plain"}),
+        client.post("/webhooks/nosuch", content=standard_body, headers=standard_headers(ERP_SECRET, standard_body,
+                                                                                        "msg_nosuch")),
+        client.post("/webhooks/salesforce", content=salesforce_body, headers=XML),
+        client.post("/webhooks/salesforce", content=salesforce_body.replace(b"00D5g", b"00D6g"), headers=XML),
+    ]  # fmt: skip
+    assert [response.status_code for response in sent] == [200, 401, 401, 415, 404, 200, 403]
+
+    engine = connect(sqlite_url(receiver.queue_path))
+    try:
+        entries = AuditLog(engine).since(datetime.now(UTC) - timedelta(hours=1))
+    finally:
+        engine.dispose()
+
+    assert [(entry.actor, entry.action, entry.outcome) for entry in entries] == [
+        ("webhook:hubspot", "webhook", "refused 401: HubSpot signature v3 does not match"),
+        ("webhook:billing", "webhook", "refused 401: Standard Webhooks signature does not match"),
+        ("webhook:billing", "webhook", "refused 415: content type must be application/json"),
+        ("unknown", "webhook", "refused 404: no such source"),
+        ("webhook:salesforce", "webhook", "refused 403: OrganizationId is not SALESFORCE_ORGANIZATION_ID"),
+    ]
+    assert {entry.client for entry in entries} == {"127.0.0.1"}
+    assert len(queued(queue, "hubspot")) + len(queued(queue, "salesforce")) == 2  # the accepted, in the queue
+    recorded = repr(entries)
+    assert marker not in recorded and "nosuch" not in recorded and HUBSPOT_SECRET not in recorded

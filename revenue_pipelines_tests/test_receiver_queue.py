@@ -15,6 +15,9 @@ import pytest
 
 from revenue_pipelines.lib.identity import salesforce_id_18 as polars_salesforce_id_18
 from revenue_pipelines.receiver.app import create_app
+from revenue_pipelines.receiver.audit import AuditLog
+from revenue_pipelines.receiver.database import connect, sqlite_url
+from revenue_pipelines.receiver.keys import KeyStore
 from revenue_pipelines.receiver.queue import Event, SqliteEventQueue
 from revenue_pipelines.receiver.salesforce_ids import salesforce_id_18
 from revenue_pipelines.receiver.settings import read_settings
@@ -208,9 +211,11 @@ def test_an_oversized_body_is_refused_while_it_is_read_not_after(tmp_path):
         "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 8780),
         "client": ("127.0.0.1", 50000),
     }  # fmt: skip
+    engine = connect(sqlite_url(settings.queue_path))
     with SqliteEventQueue(settings.queue_path) as queue:
-        asyncio.run(create_app(settings, queue)(scope, receive, send))
+        asyncio.run(create_app(settings, queue, KeyStore(engine), AuditLog(engine))(scope, receive, send))
         assert queue.depth() == 0
+    engine.dispose()
 
     assert sent[0]["status"] == 413
     assert received <= 17  # 1 MiB and the chunk that passed it, not 64 MiB

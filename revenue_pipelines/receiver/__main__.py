@@ -1,21 +1,28 @@
-"""Serve the webhook receiver.
+"""Serve the webhook receiver, or administer its API keys and read its audit trail.
 
 python -m revenue_pipelines.receiver
+python -m revenue_pipelines.receiver keys {create,list,rotate,revoke} ...   (see `keys --help`)
+python -m revenue_pipelines.receiver audit [--since 24h] [--limit N] [--json]
 
-Listens on RECEIVER_HOST:RECEIVER_PORT (default 127.0.0.1:8780; port 0 picks a free one, printed at
-start). Exits with status 2, naming every variable to set, when a secret is missing.
+Serving, it listens on RECEIVER_HOST:RECEIVER_PORT (default 127.0.0.1:8780; port 0 picks a free one,
+printed at start). Exits with status 2, naming every variable to set, when a secret is missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import sys
 
 import uvicorn
 
+from revenue_pipelines.receiver import cli
 from revenue_pipelines.receiver.app import create_app
+from revenue_pipelines.receiver.audit import AuditLog
+from revenue_pipelines.receiver.database import connect, database_url
+from revenue_pipelines.receiver.keys import KeyStore
 from revenue_pipelines.receiver.queue import SqliteEventQueue
 from revenue_pipelines.receiver.settings import SettingsError, read_settings
 
@@ -24,6 +31,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in ("keys", "audit"):
+        return cli.main(arguments)
     if arguments:
         print(__doc__, file=sys.stderr)
         return 0 if arguments[0] in ("-h", "--help") else 2
@@ -38,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.public_url_given:  # the address bound, also when RECEIVER_PORT=0 picked it
         settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
     queue = SqliteEventQueue(settings.queue_path)
+    engine = connect(database_url(os.environ))  # the keys and the audit; read_settings made sure it is named
     try:
         config = uvicorn.Config(
-            create_app(settings, queue),
+            create_app(settings, queue, KeyStore(engine), AuditLog(engine)),
             log_config=None,  # the logging set up above; uvicorn's access log would print query strings
             access_log=False,
             lifespan="off",
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run(sockets=[listener])
     finally:
         queue.close()
+        engine.dispose()
     return 0
 
 

@@ -6,7 +6,8 @@ or malformed body), then commits the events in one transaction and only then ans
 duplicate (same source and event id) is acknowledged and stored once.
 
 One log line per request: source, status, event counts or the reason, client address. Never a
-secret, a signature, a query string or a body.
+secret, a signature, a query string or a body. Every refusal is also appended to the audit trail
+(written in a thread, off the event loop); an accepted delivery is not, the queue is its record.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from revenue_pipelines.receiver.audit import AuditLog, refused
+from revenue_pipelines.receiver.keys import KeyStore
 from revenue_pipelines.receiver.queue import Event, EventQueue
 from revenue_pipelines.receiver.settings import Settings
 from revenue_pipelines.receiver.verifiers import (
@@ -37,7 +40,9 @@ JSON_TYPES = ("application/json",)
 XML_TYPES = ("text/xml", "application/soap+xml")
 
 
-def create_app(settings: Settings, queue: EventQueue) -> Starlette:
+def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: AuditLog) -> Starlette:
+    """`keys` guard the launch API; `audit` records what is refused (and, with the API, launched)."""
+
     async def hubspot(request: Request) -> Response:
         async def events(body: bytes) -> list[Event]:
             uri = hubspot_uri(settings.public_url, request.url.path, request.url.query)
@@ -69,7 +74,7 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
         secret = settings.webhook_secrets.get(source)
         if secret is None:
             # A name outside the configured set is not echoed back: it is the sender's text.
-            return _refuse(request, "unknown", Refused(404, "no such source"))
+            return await _refuse(request, None, Refused(404, "no such source"))
 
         async def events(body: bytes) -> list[Event]:
             return verify_standard(
@@ -90,10 +95,25 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
             body = await _read_body(request, settings.max_body_bytes)
             events = await parse(body)
         except Refused as refusal:
-            return _refuse(request, source, refusal)
+            return await _refuse(request, source, refusal)
         new = await run_in_threadpool(queue.put, events)
         log.info("source=%s status=200 events=%d new=%d client=%s", source, len(events), new, _client(request))
         return answer(new, len(events))
+
+    async def _refuse(request: Request, source: str | None, refusal: Refused) -> Response:
+        """Log, audit and answer a refused delivery; `source` None when the path names no known one."""
+        client = _client(request)
+        log.warning(
+            "source=%s status=%d reason=%s client=%s", source or "unknown", refusal.status, refusal.reason, client
+        )
+        await run_in_threadpool(
+            audit.record,
+            actor=f"webhook:{source}" if source else "unknown",
+            action="webhook",
+            outcome=refused(refusal),
+            client=request.client.host if request.client else None,
+        )
+        return JSONResponse({"error": refusal.reason}, status_code=refusal.status, headers=refusal.headers)
 
     async def healthz(request: Request) -> Response:
         depth = await run_in_threadpool(queue.depth)
@@ -132,11 +152,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _accepted(new: int, total: int) -> Response:
     return JSONResponse({"accepted": total, "new": new})
-
-
-def _refuse(request: Request, source: str, refusal: Refused) -> Response:
-    log.warning("source=%s status=%d reason=%s client=%s", source, refusal.status, refusal.reason, _client(request))
-    return JSONResponse({"error": refusal.reason}, status_code=refusal.status, headers=refusal.headers)
 
 
 def _client(request: Request) -> str:

@@ -9,6 +9,7 @@ production deployment has one database to run and back up.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -61,3 +62,25 @@ def connect(url: sa.URL | str) -> sa.Engine:
         engine = sa.create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine)
     return engine
+
+
+class UtcDateTime(sa.TypeDecorator):
+    """An aware datetime in, an aware UTC datetime out, on both databases: PostgreSQL keeps a
+    TIMESTAMPTZ; SQLite, which has no time zones, keeps the UTC time as fixed-width text, so text
+    order is time order and comparisons in SQL hold."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("a naive datetime is ambiguous: give its time zone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
