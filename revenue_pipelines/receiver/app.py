@@ -12,13 +12,13 @@ secret, a signature, a query string or a body.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from revenue_pipelines.receiver.queue import Event, EventQueue
 from revenue_pipelines.receiver.settings import Settings
@@ -37,7 +37,9 @@ JSON_TYPES = ("application/json",)
 XML_TYPES = ("text/xml", "application/soap+xml")
 
 
-def create_app(settings: Settings, queue: EventQueue) -> Starlette:
+def create_app(settings: Settings, queue: EventQueue, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The webhook endpoints and /healthz, plus `routes` (the launch API's, when it is served)."""
+
     async def hubspot(request: Request) -> Response:
         async def events(body: bytes) -> list[Event]:
             uri = hubspot_uri(settings.public_url, request.url.path, request.url.query)
@@ -87,7 +89,7 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
             media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
             if media_type not in media_types:
                 raise Refused(415, f"content type must be {' or '.join(media_types)}")
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes)
             events = await parse(body)
         except Refused as refusal:
             return _refuse(request, source, refusal)
@@ -106,11 +108,12 @@ def create_app(settings: Settings, queue: EventQueue) -> Starlette:
             Route("/webhooks/hubspot", hubspot, methods=["POST"]),
             Route("/webhooks/salesforce", salesforce, methods=["POST"]),
             Route("/webhooks/{source}", standard, methods=["POST"]),
+            *routes,
         ]
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it is known to pass `limit`: by its Content-Length before reading,
     else while reading (a chunked body), never after buffering it whole."""
     declared = request.headers.get("content-length")
