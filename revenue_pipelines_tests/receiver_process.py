@@ -67,30 +67,41 @@ class Receiver:
         self.process.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL what outlives 5 s."""
-        for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, signum)
-            except ProcessLookupError:
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(grace)
-                break
+        stop_group(self.process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process's group, SIGKILL what outlives 5 s."""
+    for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            break
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+            process.wait(grace)
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
 
 
-def spawn(env: Mapping[str, str], log_path: Path) -> Receiver:
+def spawn_group(command: list[str], env: Mapping[str, str], log_path: Path, **options) -> subprocess.Popen:
+    """`command` in a process group of its own, its output in `log_path`, dying with this process;
+    `options` go to Popen (a `cwd`)."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "revenue_pipelines.receiver"],
+        return subprocess.Popen(
+            command,
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             process_group=0,
             preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
+            **options,
         )
+
+
+def spawn(env: Mapping[str, str], log_path: Path) -> Receiver:
+    process = spawn_group([sys.executable, "-m", "revenue_pipelines.receiver"], env, log_path)
     queue_path = env.get("RECEIVER_QUEUE_PATH")
     return Receiver(process, log_path, Path(queue_path) if queue_path else None)
 

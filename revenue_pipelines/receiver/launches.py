@@ -95,7 +95,10 @@ class Launch(BaseModel):
     job: str | None
     partition: str | None = Field(default=None, description="A run's partition.")
     partitions: PartitionRange | None = Field(default=None, description="A backfill's first and last partition.")
-    partition_count: int | None = Field(default=None, description="A backfill's number of partitions.")
+    partition_count: int | None = Field(
+        default=None,
+        description="A backfill's number of partitions (for an asset backfill, the most any of its assets targets).",
+    )
 
 
 class Error(BaseModel):
@@ -172,7 +175,13 @@ query LaunchStatus($id: ID!, $backfillId: String!) {
   }
   partitionBackfillOrError(backfillId: $backfillId) {
     __typename
-    ... on PartitionBackfill { id status numPartitions partitionNames tags { key value } }
+    ... on PartitionBackfill {
+      id status numPartitions partitionNames tags { key value }
+      assetBackfillData {
+        rootTargetedPartitions { ranges { start end } partitionKeys }
+        assetBackfillStatuses { ... on AssetPartitionsStatusCounts { numPartitionsTargeted } }
+      }
+    }
   }
 }
 """
@@ -200,8 +209,8 @@ class DagsterLauncher:
         keys = job["partitionKeysOrError"].get("partitionKeys") or []
         tags = {**(request.tags or {}), LAUNCHED_BY_TAG: launched_by}
         if request.partitions is not None:
-            names = _partition_range(request.job, keys, request.partitions)
-            return self._backfill(request, found["assetNodes"], names, {**tags, JOB_TAG: request.job})
+            _check_range(request.job, keys, request.partitions)
+            return self._backfill(request, found["assetNodes"], request.partitions, {**tags, JOB_TAG: request.job})
         if keys and request.partition is None:
             raise Invalid("partition", f"{request.job} is partitioned: give partition or partitions")
         if request.partition is not None:
@@ -237,26 +246,33 @@ class DagsterLauncher:
             )
         if backfill["__typename"] == "PartitionBackfill":
             tags = {tag["key"]: tag["value"] for tag in backfill["tags"]}
-            names = backfill["partitionNames"] or []
+            # A job backfill lists its partitions and counts them; an asset backfill has time ranges (or
+            # keys of other kinds), and counts the partitions it targets per asset.
+            assets = backfill["assetBackfillData"] or {}
+            targeted = assets.get("rootTargetedPartitions") or {}
+            keys = backfill["partitionNames"] or targeted.get("partitionKeys") or []
+            ranges = targeted.get("ranges") or [{"start": key, "end": key} for key in keys]
+            counts = [status.get("numPartitionsTargeted") or 0 for status in assets.get("assetBackfillStatuses") or []]
             return Launch(
                 id=backfill["id"],
                 kind="backfill",
                 status=backfill["status"],
                 url=self._url("backfill", backfill["id"]),
                 job=tags.get(JOB_TAG),
-                partitions=PartitionRange(start=min(names), end=max(names)) if names else None,
-                partition_count=backfill["numPartitions"],
+                partitions=PartitionRange(start=ranges[0]["start"], end=ranges[-1]["end"]) if ranges else None,
+                partition_count=backfill["numPartitions"] or max(counts, default=None),
             )
         return None
 
     def _backfill(
-        self, request: LaunchRequest, asset_nodes: list[dict], names: list[str], tags: dict[str, str]
+        self, request: LaunchRequest, asset_nodes: list[dict], partitions: PartitionRange, tags: dict[str, str]
     ) -> Launch:
-        """An asset backfill of the job's assets over `names`: Dagster honours their backfill policy
-        (single run), as the UI's Materialize of a range does."""
+        """An asset backfill of exactly `partitions` of each of the job's assets (`partitionsByAssets`:
+        an asset selection with partition names would also target what their partition mappings
+        reach downstream). Dagster honours the assets' backfill policy: single run."""
+        range_ = {"range": partitions.model_dump()}
         params: dict[str, Any] = {
-            "assetSelection": [node["assetKey"] for node in asset_nodes],
-            "partitionNames": names,
+            "partitionsByAssets": [{"assetKey": node["assetKey"], "partitions": range_} for node in asset_nodes],
             "tags": [{"key": key, "value": value} for key, value in tags.items()],
         }
         if request.run_config is not None:
@@ -319,17 +335,15 @@ class DagsterLauncher:
         return f"{self.webserver_url}/runs/{'b/' if kind == 'backfill' else ''}{launch_id}"
 
 
-def _partition_range(job: str, keys: list[str], partitions: PartitionRange) -> list[str]:
-    """The keys from start to end, in the job's order; each end must be one of them."""
+def _check_range(job: str, keys: list[str], partitions: PartitionRange) -> None:
+    """Both ends are partitions of the job (`keys`, in its order), the start not after the end."""
     if not keys:
         raise Invalid("partitions", f"{job} has no partitions: launch it without partitions")
     for field, key in (("partitions.start", partitions.start), ("partitions.end", partitions.end)):
         if key not in keys:
             raise Invalid(field, f"{key!r} is not a partition of {job} ({keys[0]} to {keys[-1]})")
-    first, last = keys.index(partitions.start), keys.index(partitions.end)
-    if first > last:
+    if keys.index(partitions.start) > keys.index(partitions.end):
         raise Invalid("partitions.end", f"{partitions.end} comes before {partitions.start}")
-    return keys[first : last + 1]
 
 
 def _refusal(failure: Exception, webserver_url: str) -> Refused:
@@ -337,10 +351,10 @@ def _refusal(failure: Exception, webserver_url: str) -> Refused:
     GraphQL (502; the client's message quotes the query, so only the type is logged), or a launch it
     refused, with its message (422)."""
     import requests
-    from gql.transport.exceptions import TransportServerError
+    from gql.transport.exceptions import TransportConnectionFailed, TransportServerError
 
     cause = failure.__cause__
-    if isinstance(cause, requests.RequestException | TransportServerError):
+    if isinstance(cause, requests.RequestException | TransportConnectionFailed | TransportServerError):
         log.warning("Dagster's webserver does not answer at %s: %s", webserver_url, type(cause).__name__)
         return Refused(503, "Dagster's webserver does not answer at DAGSTER_WEBSERVER_URL; try again later")
     if cause is not None:
@@ -399,7 +413,8 @@ def launch_routes(launcher: DagsterLauncher, authorizer: Authorizer, auditor: Au
                 raise Refused(404, "no run or backfill with that id")
         except Refused as refusal:
             return await _refuse(request, auditor, actor, "read", detail, refusal)
-        await _audit(request, auditor, actor, "read", 200, {**detail, "kind": launch.kind, "status": launch.status})
+        detail.update(kind=launch.kind, launch_status=launch.status)
+        await _audit(request, auditor, actor, "read", 200, detail)
         return JSONResponse(launch.model_dump(mode="json"))
 
     async def describe(request: Request) -> Response:
