@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +261,18 @@ def test_a_range_launches_one_backfill_of_the_jobs_assets(client, instance):
     read = client.get(f"/api/v1/launches/{launch['id']}", headers=READER).json()
     assert (read["kind"], read["status"], read["partition_count"]) == ("backfill", "REQUESTED", 2)
     assert read["partitions"] == {"start": "2026-11-18", "end": "2026-11-19"}
+
+
+def test_concurrent_requests_each_get_their_answer(client):
+    """The routes run GraphQL calls on the thread pool, several at once."""
+    launched = client.post("/api/v1/launches", json={"job": JOB, "partition": "2026-11-19"}, headers=LAUNCHER)
+    assert launched.status_code == 201, launched.text
+    path = launched.headers["location"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.get(path, headers=READER), range(16)))
+
+    assert [answer.status_code for answer in answers] == [200] * 16
+    assert {answer.json()["id"] for answer in answers} == {launched.json()["id"]}
 
 
 # Refusals ---------------------------------------------------------------------------------------

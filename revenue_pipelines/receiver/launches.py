@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
+import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -190,14 +190,11 @@ query LaunchStatus($id: ID!, $backfillId: String!) {
 class DagsterLauncher:
     """Launches and reads runs and backfills through the webserver at `webserver_url` (DAGSTER_WEBSERVER_URL).
 
-    Every call blocks on HTTP: the routes run them in the thread pool. `dagster_graphql` imports
-    all of Dagster (about 2 s), so the client is made on first use, not when the receiver starts.
+    Every call blocks on HTTP: the routes run them in the thread pool.
     """
 
     def __init__(self, webserver_url: str) -> None:
         self.webserver_url = webserver_url.rstrip("/")
-        self._client_made: DagsterGraphQLClient | None = None
-        self._lock = threading.Lock()
 
     def launch(self, request: LaunchRequest, launched_by: str) -> Launch:
         location, repository = self._repository_of(request.job)
@@ -217,16 +214,15 @@ class DagsterLauncher:
             if request.partition not in keys:
                 raise Invalid("partition", f"{request.partition!r} is not a partition of {request.job}")
             tags[PARTITION_TAG] = request.partition
-        client, error = self._client()
         try:
-            run_id = client.submit_job_execution(
+            run_id = self._client().submit_job_execution(
                 request.job,
                 repository_location_name=location,
                 repository_name=repository,
                 run_config=request.run_config,
                 tags=tags,
             )
-        except error as failure:
+        except _graphql().DagsterGraphQLClientError as failure:
             raise _refusal(failure, self.webserver_url) from None
         return self._read_back(run_id)
 
@@ -308,31 +304,33 @@ class DagsterLauncher:
         return homes[0]
 
     def _execute(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        client, error = self._client()
         try:
             # The client has public methods for runs only; backfills and lookups go through the query
             # runner they use, which wraps every transport failure in DagsterGraphQLClientError.
-            return client._execute(query, dict(variables or {}))
-        except error as failure:
+            return self._client()._execute(query, dict(variables or {}))
+        except _graphql().DagsterGraphQLClientError as failure:
             raise _refusal(failure, self.webserver_url) from None
 
-    def _client(self) -> tuple[DagsterGraphQLClient, type[Exception]]:
-        from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-
-        with self._lock:
-            if self._client_made is None:
-                parts = urlsplit(self.webserver_url)
-                self._client_made = DagsterGraphQLClient(
-                    parts.hostname or "",
-                    port_number=parts.port,
-                    use_https=parts.scheme == "https",
-                    path_prefix=parts.path.rstrip("/"),
-                    timeout=GRAPHQL_TIMEOUT_SECONDS,
-                )
-            return self._client_made, DagsterGraphQLClientError
+    def _client(self) -> DagsterGraphQLClient:
+        """A client per call: one connects its transport for the call and refuses a second, concurrent one."""
+        parts = urlsplit(self.webserver_url)
+        return _graphql().DagsterGraphQLClient(
+            parts.hostname or "",
+            port_number=parts.port,
+            use_https=parts.scheme == "https",
+            path_prefix=parts.path.rstrip("/"),
+            timeout=GRAPHQL_TIMEOUT_SECONDS,
+        )
 
     def _url(self, kind: str, launch_id: str) -> str:
         return f"{self.webserver_url}/runs/{'b/' if kind == 'backfill' else ''}{launch_id}"
+
+
+def _graphql() -> types.ModuleType:
+    """`dagster_graphql`, which imports all of Dagster (about 2 s): on first use, not when the receiver starts."""
+    import dagster_graphql
+
+    return dagster_graphql
 
 
 def _check_range(job: str, keys: list[str], partitions: PartitionRange) -> None:
