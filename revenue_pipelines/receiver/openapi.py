@@ -38,8 +38,8 @@ def _json(model: type[BaseModel], description: str, **extra: Any) -> dict[str, A
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
-        401: "No key, or not one this receiver knows.",
-        403: "The key lacks the scope, is revoked or has expired.",
+        401: "No key, or one the key store does not accept.",
+        403: "The key may not do this: it lacks the scope.",
         404: "No run or backfill with that id.",
         413: f"Body over {MAX_BODY_BYTES} bytes.",
         415: "Content-Type is not application/json.",
