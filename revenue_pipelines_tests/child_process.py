@@ -16,8 +16,10 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
-    with log_path.open("ab") as log:
+def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, **options) -> subprocess.Popen:
+    """`command` in a process group of its own, its output in `log_path`, dying with this
+    process; `options` go to Popen (a `cwd`)."""
+    with log_path.open("wb") as log:
         return subprocess.Popen(
             list(command),
             env=dict(env),
@@ -26,6 +28,7 @@ def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> sub
             stdin=subprocess.DEVNULL,
             process_group=0,
             preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
+            **options,
         )
 
 

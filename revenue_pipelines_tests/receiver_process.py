@@ -1,23 +1,21 @@
-"""The receiver as the tests run it: `python -m revenue_pipelines.receiver` in a process group of
-its own, on a free port, its output in a file, dying with the test (SIGTERM to the group in the
-finaliser, SIGKILL after a grace period, and PR_SET_PDEATHSIG should the test process die first)."""
+"""The receiver as the tests run it: `python -m revenue_pipelines.receiver` on a free port, started
+as `child_process` starts every process (its own group, its output in a file, dying with the test)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from revenue_pipelines_tests.child_process import kill, stop
+from revenue_pipelines_tests.child_process import spawn as spawn_process
+
 LISTENING = re.compile(r"listening on (http://\S+?);")
 HUBSPOT_SECRET = "hs-client-secret-" + "7f3c9a1e2b4d"
 ORGANIZATION_ID_18 = "00D5g000004Dqk2EAC"
@@ -61,36 +59,14 @@ class Receiver:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL, no goodbye; then reaped."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill(self.process)
 
     def stop(self) -> None:
-        """SIGTERM to the group, SIGKILL what outlives 5 s."""
-        for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, signum)
-            except ProcessLookupError:
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(grace)
-                break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+        stop(self.process)
 
 
 def spawn(env: Mapping[str, str], log_path: Path) -> Receiver:
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "revenue_pipelines.receiver"],
-            env=dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
-        )
+    process = spawn_process([sys.executable, "-m", "revenue_pipelines.receiver"], env, log_path)
     queue_path = env.get("RECEIVER_QUEUE_PATH")
     return Receiver(process, log_path, Path(queue_path) if queue_path else None)
 
@@ -108,14 +84,3 @@ def start(env: Mapping[str, str], log_path: Path, timeout: float = 20.0) -> Rece
         time.sleep(0.05)
     receiver.stop()
     raise RuntimeError(f"the receiver did not start within {timeout} s:\n{receiver.log()}")
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(128 + signal.SIGTERM)
-
-    return in_child

@@ -58,7 +58,7 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
         "REVENUE_PIPELINES_SLACK": "off",
     }
     daemon_command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "revenue_pipelines.definitions"]
-    log = tmp_path / "daemon.log"
+    log, restarted_log = tmp_path / "daemon.log", tmp_path / "daemon-restarted.log"
     with SqliteEventQueue(home / "receiver" / "queue.db") as queue:
         queue.put([contact_changed("1", FIRST_DAY), contact_changed("2", FIRST_DAY)])
 
@@ -74,8 +74,10 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
             with SqliteEventQueue(home / "receiver" / "queue.db") as queue:
                 queue.put([contact_changed("3", SECOND_DAY)])  # arrives while the daemon is down
 
-            daemon = spawn(daemon_command, env, log)
-            runs = wait_for("the second batch's run", lambda: runs if len(runs := batch_runs()) > 1 else None, log)
+            daemon = spawn(daemon_command, env, restarted_log)
+            runs = wait_for(
+                "the second batch's run", lambda: runs if len(runs := batch_runs()) > 1 else None, restarted_log
+            )
             second_launched_at = max(record.create_timestamp.timestamp() for record in runs)
 
             def ticks_after_restart() -> list:
@@ -92,7 +94,7 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
                 ]
                 return done if len(done) >= 2 else None
 
-            wait_for("two more ticks of the restarted daemon", ticks_after_restart, log)
+            wait_for("two more ticks of the restarted daemon", ticks_after_restart, restarted_log)
         finally:
             stop(daemon)
 

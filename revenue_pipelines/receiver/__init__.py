@@ -9,6 +9,9 @@ definitions.
 - `settings.py`: the only reader of the process environment (`read_settings()`).
 - `queue.py`: `EventQueue` (the interface) and `SqliteEventQueue` (the embedded default).
 - `verifiers.py`: one function per kind of sender, turning a request into events or refusing it.
-- `app.py`: the Starlette app (`create_app(settings, queue)`).
+- `app.py`: the Starlette app (`create_app(settings, queue, routes=...)`).
+- `launches.py`: the launch API's routes (`launch_routes(launcher, authorizer, auditor)`) and
+  `DagsterLauncher`, which starts runs and backfills through the webserver's GraphQL.
+- `openapi.py`: the launch API's OpenAPI description, built from its models (docs/openapi.json).
 - `__main__.py`: `python -m revenue_pipelines.receiver`.
 """

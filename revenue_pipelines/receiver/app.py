@@ -21,14 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from revenue_pipelines.receiver.audit import AuditLog, refused
+from revenue_pipelines.receiver.audit import UNKNOWN_ACTOR, AuditLog, refused
 from revenue_pipelines.receiver.keys import KeyStore
+from revenue_pipelines.receiver.launches import DagsterLauncher, launch_routes
 from revenue_pipelines.receiver.queue import Event, EventQueue
 from revenue_pipelines.receiver.settings import Settings
 from revenue_pipelines.receiver.verifiers import (
     SALESFORCE_ACK,
     Refused,
     hubspot_uri,
+    read_body,
     verify_hubspot,
     verify_salesforce,
     verify_standard,
@@ -41,7 +43,9 @@ XML_TYPES = ("text/xml", "application/soap+xml")
 
 
 def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: AuditLog) -> Starlette:
-    """`keys` guard the launch API; `audit` records what is refused (and, with the API, launched)."""
+    """The webhook endpoints, /healthz and the launch API, which launches through the Dagster
+    webserver at `settings.dagster_webserver_url`; `keys` guard it; `audit` records what is refused
+    and launched."""
 
     async def hubspot(request: Request) -> Response:
         async def events(body: bytes) -> list[Event]:
@@ -92,7 +96,7 @@ def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: Aud
             media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
             if media_type not in media_types:
                 raise Refused(415, f"content type must be {' or '.join(media_types)}")
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes)
             events = await parse(body)
         except Refused as refusal:
             return await _refuse(request, source, refusal)
@@ -108,7 +112,7 @@ def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: Aud
         )
         await run_in_threadpool(
             audit.record,
-            actor=f"webhook:{source}" if source else "unknown",
+            actor=f"webhook:{source}" if source else UNKNOWN_ACTOR,
             action="webhook",
             outcome=refused(refusal),
             client=request.client.host if request.client else None,
@@ -126,28 +130,9 @@ def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: Aud
             Route("/webhooks/hubspot", hubspot, methods=["POST"]),
             Route("/webhooks/salesforce", salesforce, methods=["POST"]),
             Route("/webhooks/{source}", standard, methods=["POST"]),
+            *launch_routes(DagsterLauncher(settings.dagster_webserver_url), keys, audit),
         ]
     )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it is known to pass `limit`: by its Content-Length before reading,
-    else while reading (a chunked body), never after buffering it whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise Refused(413, f"body over {limit} bytes")
-        except ValueError:
-            raise Refused(400, "malformed Content-Length") from None
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _accepted(new: int, total: int) -> Response:

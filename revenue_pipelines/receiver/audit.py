@@ -41,16 +41,22 @@ class AuditEntry:
     action: str
     """`webhook`, `launch`, `keys.create`, ..."""
     outcome: str
-    """`ok`, or `refused <status>: <reason>`, or `failed: <reason>`."""
+    """`ok`, `refused <status>: <reason>` (the caller's fault) or `failed <status>: <reason>` (ours)."""
     client: str | None
     """The client's address, for requests."""
     detail: Mapping[str, Any] | None
 
 
+UNKNOWN_ACTOR = "unknown"
+"""A request that proved no identity (no key, a forged one, an unknown webhook source)."""
+
+
 def refused(refusal: Refused) -> str:
-    """The outcome of a refused request: its status and the precise reason, which for an API key
-    (`keys.KeyRefused.detail`) is more than the client is told."""
-    return f"refused {refusal.status}: {getattr(refusal, 'detail', refusal.reason)}"
+    """The outcome of a refused request: `refused <status>` for the caller's fault, `failed <status>`
+    for ours (5xx), and the precise reason, which for an API key (`keys.KeyRefused.detail`) is more
+    than the client is told."""
+    verb = "failed" if refusal.status >= 500 else "refused"
+    return f"{verb} {refusal.status}: {getattr(refusal, 'detail', refusal.reason)}"
 
 
 class AuditLog:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from revenue_pipelines.receiver.audit import UNKNOWN_ACTOR
 from revenue_pipelines.receiver.database import UtcDateTime, metadata
 from revenue_pipelines.receiver.verifiers import Refused
 
@@ -234,7 +235,7 @@ def _refusal(
     status: int, reason: str, detail: str, key: ApiKey | None, headers: dict[str, str] | None = None
 ) -> KeyRefused:
     """Logged here, so the precise reason is on record whoever catches it."""
-    actor = key.actor if key else "unknown"
+    actor = key.actor if key else UNKNOWN_ACTOR
     log.warning("api key refused: status=%d actor=%s reason=%s", status, actor, detail)
     return KeyRefused(status, reason, detail=detail, actor=actor, headers=headers)
 

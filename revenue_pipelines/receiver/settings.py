@@ -19,6 +19,7 @@ from revenue_pipelines.receiver.salesforce_ids import salesforce_id_18
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8780
+DEFAULT_DAGSTER_WEBSERVER_URL = "http://127.0.0.1:3000"  # `make dev`'s UI
 RESERVED_SOURCES = ("hubspot", "salesforce")
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 STANDARD_WEBHOOKS_PREFIX = "whsec_"
@@ -53,6 +54,8 @@ class Settings:
     """In its 18-character form."""
     webhook_secrets: Mapping[str, str] = field(repr=False)
     """Standard Webhooks secrets (`whsec_...`) by source name."""
+    dagster_webserver_url: str = DEFAULT_DAGSTER_WEBSERVER_URL
+    """Where the launch API reaches Dagster's GraphQL (and the UI its answers link to), no trailing slash."""
     max_body_bytes: int = 1024 * 1024
     max_timestamp_age_seconds: int = 300
 
@@ -87,8 +90,7 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     public_url = get("RECEIVER_PUBLIC_URL").rstrip("/")
     if public_url:
-        parts = urlsplit(public_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        if not _http_url(public_url):
             invalid.append("RECEIVER_PUBLIC_URL must be an http(s) URL without query, e.g. https://hooks.example.com")
     else:
         public_url = f"http://{host}:{port}"
@@ -112,6 +114,10 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     webhook_secrets = _webhook_secrets(get("RECEIVER_WEBHOOK_SECRETS"), invalid)
 
+    dagster_webserver_url = (get("DAGSTER_WEBSERVER_URL") or DEFAULT_DAGSTER_WEBSERVER_URL).rstrip("/")
+    if not _http_url(dagster_webserver_url):
+        invalid.append("DAGSTER_WEBSERVER_URL must be an http(s) URL without query, e.g. http://127.0.0.1:3000")
+
     if missing or invalid:
         raise SettingsError(missing, invalid)
     assert queue_path is not None
@@ -124,7 +130,18 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
         hubspot_client_secret=hubspot_secret,
         salesforce_organization_id=organization_id,
         webhook_secrets=webhook_secrets,
+        dagster_webserver_url=dagster_webserver_url,
     )
+
+
+def _http_url(value: str) -> bool:
+    """An http(s) URL with a host, a valid port if any, and no query or fragment."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
 
 
 def _webhook_secrets(value: str, invalid: list[str]) -> dict[str, str]:

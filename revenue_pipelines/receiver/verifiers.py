@@ -19,6 +19,7 @@ from typing import Any
 import defusedxml.ElementTree as SafeElementTree
 from defusedxml import DefusedXmlException
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.requests import Request
 
 from revenue_pipelines.receiver.queue import Event
 from revenue_pipelines.receiver.salesforce_ids import salesforce_id_18
@@ -53,6 +54,26 @@ class Refused(Exception):
         self.status = status
         self.reason = reason
         self.headers = dict(headers or {})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to pass `limit`: by its Content-Length before reading,
+    else while reading (a chunked body), never after buffering it whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise Refused(413, f"body over {limit} bytes")
+        except ValueError:
+            raise Refused(400, "malformed Content-Length") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
