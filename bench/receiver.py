@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.database import sqlite_url
+from revenue_pipelines.receiver.queue import open_queue
 from revenue_pipelines_tests.receiver_process import receiver_env, start
 from revenue_pipelines_tests.test_receiver import hubspot_events, hubspot_headers
 
@@ -36,7 +37,7 @@ def main() -> None:
             latencies, refused, elapsed = _load(receiver.url, args.senders, args.seconds)
         finally:
             receiver.stop()
-        with SqliteEventQueue(queue_path) as queue:
+        with open_queue(sqlite_url(queue_path)) as queue:
             queued = queue.depth()
     accepted = len(latencies)
     ordered = sorted(latencies)

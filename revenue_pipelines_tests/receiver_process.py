@@ -17,6 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from revenue_pipelines.receiver.database import database_url
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LISTENING = re.compile(r"listening on (http://\S+?);")
 HUBSPOT_SECRET = "hs-client-secret-" + "7f3c9a1e2b4d"
@@ -28,12 +32,13 @@ PUBLIC_URL = "https://hooks.revenue.example"
 
 
 def receiver_env(queue_path: Path | None, **overrides: str | None) -> dict[str, str]:
-    """The process environment: this one's, without any RECEIVER_ or secret variable it may hold,
-    plus the receiver's settings (an override of None leaves a variable out)."""
+    """The process environment: this one's, without any RECEIVER_, DAGSTER_PG_ or secret variable it
+    may hold, plus the receiver's settings (an override of None leaves a variable out; the `postgres`
+    fixture's settings as overrides put the queue in PostgreSQL)."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("RECEIVER_")
+        if not name.startswith(("RECEIVER_", "DAGSTER_PG_"))
         and name not in ("HUBSPOT_APP_CLIENT_SECRET", "SALESFORCE_ORGANIZATION_ID", "DAGSTER_HOME")
     }
     settings: dict[str, str | None] = {
@@ -54,7 +59,8 @@ def receiver_env(queue_path: Path | None, **overrides: str | None) -> dict[str, 
 class Receiver:
     process: subprocess.Popen
     log_path: Path
-    queue_path: Path | None
+    database_url: sa.URL | None
+    """Where its queue is, by the receiver's own rule."""
     url: str = ""
 
     def log(self) -> str:
@@ -91,8 +97,7 @@ def spawn(env: Mapping[str, str], log_path: Path) -> Receiver:
             process_group=0,
             preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
         )
-    queue_path = env.get("RECEIVER_QUEUE_PATH")
-    return Receiver(process, log_path, Path(queue_path) if queue_path else None)
+    return Receiver(process, log_path, database_url(env))
 
 
 def start(env: Mapping[str, str], log_path: Path, timeout: float = 20.0) -> Receiver:

@@ -13,7 +13,8 @@ import pytest
 from hubspot.utils.signature import Signature
 from standardwebhooks.webhooks import Webhook
 
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.database import sqlite_url
+from revenue_pipelines.receiver.queue import SqlEventQueue, open_queue
 from revenue_pipelines_tests.receiver_process import (
     BILLING_SECRET,
     ERP_SECRET,
@@ -38,8 +39,8 @@ def receiver(tmp_path) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def queue(tmp_path) -> Iterator[SqliteEventQueue]:
-    with SqliteEventQueue(tmp_path / "queue.db") as opened:
+def queue(tmp_path) -> Iterator[SqlEventQueue]:
+    with open_queue(sqlite_url(tmp_path / "queue.db")) as opened:
         yield opened
 
 
@@ -59,8 +60,8 @@ def shared_receiver(tmp_path_factory) -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def shared_queue(shared_receiver) -> Iterator[SqliteEventQueue]:
-    with SqliteEventQueue(shared_receiver.queue_path) as opened:
+def shared_queue(shared_receiver) -> Iterator[SqlEventQueue]:
+    with open_queue(shared_receiver.database_url) as opened:
         yield opened
 
 
@@ -70,7 +71,7 @@ def shared_client(shared_receiver) -> Iterator[httpx.Client]:
         yield opened
 
 
-def queued(queue: SqliteEventQueue, source: str) -> dict[str, object]:
+def queued(queue: SqlEventQueue, source: str) -> dict[str, object]:
     return {event.event_id: event for event in queue.pending(10_000) if event.source == source}
 
 

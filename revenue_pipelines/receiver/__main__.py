@@ -16,7 +16,8 @@ import sys
 import uvicorn
 
 from revenue_pipelines.receiver.app import create_app
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.database import connect
+from revenue_pipelines.receiver.queue import SqlEventQueue
 from revenue_pipelines.receiver.settings import SettingsError, read_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     if not settings.public_url_given:  # the address bound, also when RECEIVER_PORT=0 picked it
         settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
-    queue = SqliteEventQueue(settings.queue_path)
+    engine = connect(settings.database_url)
+    queue = SqlEventQueue(engine)  # disposes of the engine when closed
     try:
         config = uvicorn.Config(
             create_app(settings, queue),
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             "listening on http://%s; senders use %s; queue %s",
             _netloc(host, port),
             settings.public_url,
-            settings.queue_path,
+            settings.database_url.render_as_string(hide_password=True),
         )
         server.run(sockets=[listener])
     finally:
