@@ -4,11 +4,16 @@ Starts `python -m revenue_pipelines.receiver` on a throwaway queue, and 32 concu
 HubSpot deliveries signed with signature v3 (one event each, distinct ids) for `--seconds`. Prints
 accepted deliveries per second and p50/p99 latency, then counts the queue: every acknowledged event
 must be there (lost = acknowledged - queued). Target: at least 1,000 accepted/s, p99 under 50 ms.
+
+The senders run on the same machine and take CPU from the receiver, and the machine's other load
+moves both figures; the CPU the receiver and the senders spent per accepted delivery (from /proc,
+so Linux only) does not depend on that, and is printed beside them.
 """
 
 import argparse
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -34,7 +39,10 @@ def main() -> None:
         queue_path = Path(folder) / "queue.db"
         receiver = start(receiver_env(queue_path), Path(folder) / "receiver.log")
         try:
+            receiver_before, senders_before = _cpu_seconds(receiver.process.pid), _own_cpu_seconds()
             latencies, refused, elapsed = _load(receiver.url, args.senders, args.seconds)
+            receiver_cpu = _cpu_seconds(receiver.process.pid) - receiver_before
+            senders_cpu = _own_cpu_seconds() - senders_before
         finally:
             receiver.stop()
         with open_queue(sqlite_url(queue_path)) as queue:
@@ -50,6 +58,8 @@ def main() -> None:
         ("p50 latency", f"{statistics.median(ordered) * 1000:.1f} ms"),
         ("p99 latency", f"{ordered[int(len(ordered) * 0.99) - 1] * 1000:.1f} ms (target < 50 ms)"),
         ("lost (acknowledged, not queued)", f"{accepted - queued:,}"),
+        ("receiver CPU per accepted", f"{receiver_cpu / accepted * 1e6:.0f} µs"),
+        ("senders' CPU per accepted", f"{senders_cpu / accepted * 1e6:.0f} µs"),
     ]
     width = max(len(name) for name, _ in rows)
     print("| " + "measure".ljust(width) + " | value |")
@@ -91,6 +101,17 @@ def _load(url: str, senders: int, seconds: float) -> tuple[list[float], int, flo
     for thread in threads:
         thread.join()
     return latencies, refused[0], time.monotonic() - started
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 if __name__ == "__main__":

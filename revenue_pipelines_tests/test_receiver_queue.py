@@ -215,6 +215,30 @@ def test_a_caller_whose_events_cannot_be_stored_fails_alone(url):
         assert sorted(item.event_id for item in queue.pending(10)) == ["evt-1", "evt-2", "evt-999"]
 
 
+def test_a_put_given_up_before_the_writer_took_it_is_not_written_and_the_writer_carries_on(url):
+    with open_queue(url) as queue:
+
+        async def give_up() -> None:
+            waiting = asyncio.create_task(queue.put_async([event(2)]))
+            while queue._waiting.qsize() < 1:
+                await asyncio.sleep(0.01)
+            waiting.cancel()  # a request cancelled while it waits, e.g. at shutdown
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        with writes_held(url):
+            first, outcomes = put_in_threads(queue, [[event(1)]])
+            wait_until(lambda: queue._waiting.empty(), "the writer took the first put")
+            time.sleep(0.2)
+            asyncio.run(give_up())
+        for thread in first:
+            thread.join(30)
+
+        assert outcomes == [1]
+        assert asyncio.run(queue.put_async([event(3)])) == 1
+        assert [item.event_id for item in queue.pending(10)] == ["evt-1", "evt-3"]
+
+
 def test_retention_purges_launched_events_in_bounded_deletes_but_not_an_open_batch(url):
     clock = Clock()
     with open_queue(url, clock=clock) as queue:
@@ -344,6 +368,7 @@ def test_a_receiver_given_dagster_pg_settings_queues_in_postgresql_and_never_log
         port, name = settings["DAGSTER_PG_PORT"], settings["DAGSTER_PG_DB"]
         assert f"queue postgresql+psycopg2://dagster:***@127.0.0.1:{port}/{name}" in log
         assert settings["DAGSTER_PG_PASSWORD"] not in log
+        assert "stopped; queue closed" in log  # SIGTERM: uvicorn's graceful stop, then the queue's close
         wait_until(lambda: connections_to(settings) == 0, "the stopped receiver's sessions ended")
 
 

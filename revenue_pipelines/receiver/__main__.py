@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import socket
 import sys
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
     engine = connect(settings.database_url)
     queue = SqlEventQueue(engine)  # disposes of the engine when closed
+    # Uvicorn stops gracefully on SIGTERM, then raises it again: exit through `finally`, not the default handler.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         config = uvicorn.Config(
             create_app(settings, queue),
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         server.run(sockets=[listener])
     finally:
         queue.close()
+        logging.getLogger("revenue_pipelines.receiver").info("stopped; queue closed")
     return 0
 
 

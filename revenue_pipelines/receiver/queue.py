@@ -12,6 +12,7 @@ embedded default, the Dagster instance's PostgreSQL in PROD, the same statements
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +90,10 @@ class EventQueue(Protocol):
         """Commit the events durably (before returning); the number that were new."""
         ...
 
+    async def put_async(self, events: Sequence[Event]) -> int:
+        """`put` for an event loop: it waits for the commit without holding a thread."""
+        ...
+
     def depth(self) -> int:
         """Events no run has taken."""
         ...
@@ -127,7 +132,8 @@ class EventQueue(Protocol):
 
 @dataclass
 class _Put:
-    """One caller's events, waiting for the writer; `done` holds how many were new, once committed."""
+    """One caller's events, waiting for the writer; `done` holds how many were new, once committed.
+    A caller that gave up before the writer took its put (a cancelled request) is never written."""
 
     rows: list[dict[str, Any]]
     done: Future[int]
@@ -136,12 +142,12 @@ class _Put:
 class SqlEventQueue:
     """The queue over an engine from `database.connect`; it owns the engine and disposes of it on close.
 
-    Group commit: `put` hands its rows to one writer thread and waits. The writer takes every put
-    waiting at that moment into one transaction, and completes each caller only after COMMIT, so a
-    caller's 2xx still follows its own events' commit, while 32 concurrent senders cost one commit
-    (one fsync on SQLite) instead of 32 in a row. Should a batch fail, its puts are retried one by
-    one, so one caller's bad events fail only that caller. The other methods (the sensor's) run on
-    the engine's pool directly.
+    Group commit: `put` (or `put_async`, which the receiver's event loop awaits) hands its rows to
+    one writer thread and waits. The writer takes every put waiting at that moment into one
+    transaction, and completes each caller only after COMMIT, so a caller's 2xx still follows its
+    own events' commit, while 32 concurrent senders cost one commit (one fsync on SQLite) instead of
+    32 in a row. Should a batch fail, its puts are retried one by one, so one caller's bad events
+    fail only that caller. The other methods (the sensor's) run on the engine's pool directly.
     """
 
     def __init__(self, engine: sa.Engine, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -155,8 +161,16 @@ class SqlEventQueue:
         self._closed = False
 
     def put(self, events: Sequence[Event]) -> int:
+        return self._submit(events).result()
+
+    async def put_async(self, events: Sequence[Event]) -> int:
+        return await asyncio.wrap_future(self._submit(events))
+
+    def _submit(self, events: Sequence[Event]) -> Future[int]:
         if not events:
-            return 0
+            nothing: Future[int] = Future()
+            nothing.set_result(0)
+            return nothing
         received_at = self._clock()
         waiting = _Put(
             rows=[
@@ -180,14 +194,14 @@ class SqlEventQueue:
                 self._writer = threading.Thread(target=self._write, name="receiver-queue-writer", daemon=True)
                 self._writer.start()
             self._waiting.put(waiting)
-        return waiting.done.result()
+        return waiting.done
 
     def _write(self) -> None:
         while True:
             batch = [self._waiting.get()]
             while not self._waiting.empty() and batch[-1] is not None:
                 batch.append(self._waiting.get())
-            puts = [item for item in batch if item is not None]
+            puts = [item for item in batch if item is not None and item.done.set_running_or_notify_cancel()]
             if puts:
                 self._commit(puts)
             if batch[-1] is None:  # closing: everything put before it is committed
