@@ -145,8 +145,8 @@ class SqlEventQueue:
     Group commit: `put` (or `put_async`, which the receiver's event loop awaits) hands its rows to
     one writer thread and waits. The writer takes every put waiting at that moment into one
     transaction, and completes each caller only after COMMIT, so a caller's 2xx still follows its
-    own events' commit, while 32 concurrent senders cost one commit (one fsync on SQLite) instead of
-    32 in a row. Should a batch fail, its puts are retried one by one, so one caller's bad events
+    own events' commit, while concurrent senders share commits (an fsync each on SQLite) instead of
+    queueing for one apiece. Should a batch fail, its puts are retried one by one, so one caller's bad events
     fail only that caller. The other methods (the sensor's) run on the engine's pool directly.
     """
 
