@@ -372,6 +372,24 @@ def test_a_receiver_given_dagster_pg_settings_queues_in_postgresql_and_never_log
         wait_until(lambda: connections_to(settings) == 0, "the stopped receiver's sessions ended")
 
 
+def test_a_receiver_that_cannot_open_its_postgresql_says_so_without_the_password(postgres):
+    env = receiver_env(None, **{**postgres, "DAGSTER_PG_PASSWORD": "not-the-password"})
+    finished = subprocess.run(
+        [sys.executable, "-m", "revenue_pipelines.receiver"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert f"cannot open the queue at postgresql+psycopg2://dagster:***@127.0.0.1:{postgres['DAGSTER_PG_PORT']}/" in (
+        finished.stderr
+    )
+    assert "password authentication failed" in finished.stderr
+    assert "not-the-password" not in finished.stderr + finished.stdout
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups and PDEATHSIG")
 def test_sigkill_under_load_loses_no_acknowledged_event(location, url, tmp_path):
     receiver = start(receiver_env(None, **location), tmp_path / "receiver.log")

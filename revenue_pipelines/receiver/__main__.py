@@ -3,7 +3,8 @@
 python -m revenue_pipelines.receiver
 
 Listens on RECEIVER_HOST:RECEIVER_PORT (default 127.0.0.1:8780; port 0 picks a free one, printed at
-start). Exits with status 2, naming every variable to set, when a secret is missing.
+start). Exits with status 2, naming every variable to set, when a secret is missing, or when the
+queue's database cannot be opened.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import sys
 
+import sqlalchemy as sa
 import uvicorn
 
 from revenue_pipelines.receiver.app import create_app
@@ -39,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     if not settings.public_url_given:  # the address bound, also when RECEIVER_PORT=0 picked it
         settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
-    engine = connect(settings.database_url)
+    where = settings.database_url.render_as_string(hide_password=True)
+    try:
+        engine = connect(settings.database_url)
+    except sa.exc.OperationalError as error:  # the server's message names no password
+        message = f"receiver: cannot open the queue at {where} (DAGSTER_PG_* or RECEIVER_QUEUE_PATH): {error.orig}"
+        print(message, file=sys.stderr, flush=True)
+        return 2
     queue = SqlEventQueue(engine)  # disposes of the engine when closed
     # Uvicorn stops gracefully on SIGTERM, then raises it again: exit through `finally`, not the default handler.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             "listening on http://%s; senders use %s; queue %s",
             _netloc(host, port),
             settings.public_url,
-            settings.database_url.render_as_string(hide_password=True),
+            where,
         )
         server.run(sockets=[listener])
     finally:
