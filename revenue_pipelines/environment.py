@@ -19,9 +19,11 @@ Slack (the daily digest and the alerts) is on in both, posting to `SLACK_CHANNEL
 `SLACK_API_URL` (locally the sandbox's) as the bot of `SLACK_BOT_TOKEN`; `REVENUE_PIPELINES_SLACK=off`
 leaves it out, and PROD then needs neither.
 
-`crm_change_sensor` reads the receiver's queue at `RECEIVER_QUEUE_PATH`, else
-`$DAGSTER_HOME/receiver/queue.db` (the receiver's own rule, `receiver.settings.default_queue_path`),
-every `CRM_CHANGE_SENSOR_INTERVAL_SECONDS` (default 30).
+`crm_change_sensor` reads the receiver's queue where the receiver writes it (the receiver's own rule,
+`receiver.database.database_url`): the instance's PostgreSQL when `DAGSTER_PG_HOST` is set, else the
+SQLite file `RECEIVER_QUEUE_PATH`, else `$DAGSTER_HOME/receiver/queue.db`; every
+`CRM_CHANGE_SENSOR_INTERVAL_SECONDS` (default 30). It deletes events launched more than
+`RECEIVER_RETENTION_DAYS` ago (default 7).
 
 Credentials are never defaulted: they are `EnvVar`s, resolved when a run starts, so the UI never
 shows their values (PROD checks only that they are set).
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
 from revenue_pipelines.defs.bigquery.resources import BigQuerySource
 from revenue_pipelines.defs.ga4.resources import GA4Resource
@@ -45,7 +48,7 @@ from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOMa
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
 from revenue_pipelines.lib.token_store import FileTokenStore
-from revenue_pipelines.receiver.settings import default_queue_path
+from revenue_pipelines.receiver.database import database_url
 
 ENVIRONMENT_VARIABLE = "REVENUE_PIPELINES_ENV"
 ENVIRONMENTS = ("local", "prod")
@@ -60,6 +63,8 @@ DEFAULT_SOURCE_BYTE_BUDGET = str(20 * 1024**3)
 SLACK_SWITCH = "REVENUE_PIPELINES_SLACK"
 LOCAL_WEBSERVER_URL = "http://127.0.0.1:3000"  # `make dev`
 DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS = 30
+DEFAULT_RECEIVER_RETENTION_DAYS = 7
+"""HubSpot and Salesforce redeliver for at most 24 hours: no duplicate comes after a week."""
 REQUIRED = "required"
 """A PROD default that is no default: the variable must be set."""
 
@@ -80,9 +85,11 @@ class Environment:
     slack_digest_io_manager: SlackDigestIOManager | None
     webserver_url: str
     """The Dagster UI's address, for links in alerts."""
-    receiver_queue_path: Path | None = None
-    """The webhook receiver's queue; None: under the Dagster instance's folder, if it has one."""
+    receiver_database_url: sa.URL | None = None
+    """The webhook receiver's queue; None: a SQLite file under the Dagster instance's folder, if it has one."""
     crm_change_sensor_interval_seconds: int = DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS
+    receiver_retention_days: int = DEFAULT_RECEIVER_RETENTION_DAYS
+    """Launched events are kept this long (a redelivery within it is still a duplicate), then purged."""
 
     def resources(self) -> dict[str, Any]:
         """Every resource of this environment by its key, as the definitions bind them."""
@@ -219,16 +226,23 @@ def _resources(settings: _Settings) -> Environment:
             "DAGSTER_WEBSERVER_URL", local=LOCAL_WEBSERVER_URL, prod=REQUIRED if slack else LOCAL_WEBSERVER_URL
         )
         or LOCAL_WEBSERVER_URL,
-        receiver_queue_path=default_queue_path(os.environ),
+        receiver_database_url=database_url(os.environ),
         crm_change_sensor_interval_seconds=_positive_int(
             "CRM_CHANGE_SENSOR_INTERVAL_SECONDS",
             settings.value("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", local=None, prod=None),
             DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS,
+            "seconds",
+        ),
+        receiver_retention_days=_positive_int(
+            "RECEIVER_RETENTION_DAYS",
+            settings.value("RECEIVER_RETENTION_DAYS", local=None, prod=None),
+            DEFAULT_RECEIVER_RETENTION_DAYS,
+            "days",
         ),
     )
 
 
-def _positive_int(variable: str, value: str | None, default: int) -> int:
+def _positive_int(variable: str, value: str | None, default: int, unit: str) -> int:
     if value is None:
         return default
     try:
@@ -236,7 +250,7 @@ def _positive_int(variable: str, value: str | None, default: int) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise ValueError(f"{variable}={value!r}: say a whole number of seconds, at least 1.")
+        raise ValueError(f"{variable}={value!r}: say a whole number of {unit}, at least 1.")
     return number
 
 

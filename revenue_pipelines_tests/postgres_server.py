@@ -1,6 +1,7 @@
 """A real, throwaway PostgreSQL cluster for the tests that need one (the production instance, the
 receiver's database). Started per module, stopped and deleted after it; nothing is left running."""
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -8,10 +9,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+
+from revenue_pipelines.receiver.database import database_url
 
 
 def _postgres_bin() -> Path:
@@ -66,3 +70,33 @@ def postgres() -> Iterator[dict[str, str]]:
     finally:
         run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_database(settings: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """A database of its own in the `postgres` fixture's cluster, dropped after (with any connection
+    still open to it): a test's tables start empty whatever the module's other tests left. Yields
+    DAGSTER_PG_* settings naming it."""
+    name = f"test_{secrets.token_hex(6)}"
+    admin = sa.create_engine(database_url(settings), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield {**settings, "DAGSTER_PG_DB": name}
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def connections_to(settings: Mapping[str, str]) -> int:
+    """Sessions open to the database of `settings`, counted from the cluster's maintenance database."""
+    admin = sa.create_engine(database_url({**settings, "DAGSTER_PG_DB": "postgres"}))
+    try:
+        with admin.connect() as connection:
+            return connection.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": settings["DAGSTER_PG_DB"]},
+            ).scalar_one()
+    finally:
+        admin.dispose()

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from revenue_pipelines.receiver.database import database_url
 from revenue_pipelines_tests.child_process import kill, stop
 from revenue_pipelines_tests.child_process import spawn as spawn_process
 
@@ -26,12 +29,13 @@ PUBLIC_URL = "https://hooks.revenue.example"
 
 
 def receiver_env(queue_path: Path | None, **overrides: str | None) -> dict[str, str]:
-    """The process environment: this one's, without any RECEIVER_ or secret variable it may hold,
-    plus the receiver's settings (an override of None leaves a variable out)."""
+    """The process environment: this one's, without any RECEIVER_, DAGSTER_PG_ or secret variable it
+    may hold, plus the receiver's settings (an override of None leaves a variable out; the `postgres`
+    fixture's settings as overrides put the queue in PostgreSQL)."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("RECEIVER_")
+        if not name.startswith(("RECEIVER_", "DAGSTER_PG_"))
         and name not in ("HUBSPOT_APP_CLIENT_SECRET", "SALESFORCE_ORGANIZATION_ID", "DAGSTER_HOME")
     }
     settings: dict[str, str | None] = {
@@ -52,7 +56,8 @@ def receiver_env(queue_path: Path | None, **overrides: str | None) -> dict[str, 
 class Receiver:
     process: subprocess.Popen
     log_path: Path
-    queue_path: Path | None
+    database_url: sa.URL | None
+    """Where its queue is, by the receiver's own rule."""
     url: str = ""
 
     def log(self) -> str:
@@ -67,8 +72,7 @@ class Receiver:
 
 def spawn(env: Mapping[str, str], log_path: Path) -> Receiver:
     process = spawn_process([sys.executable, "-m", "revenue_pipelines.receiver"], env, log_path)
-    queue_path = env.get("RECEIVER_QUEUE_PATH")
-    return Receiver(process, log_path, Path(queue_path) if queue_path else None)
+    return Receiver(process, log_path, database_url(env))
 
 
 def start(env: Mapping[str, str], log_path: Path, timeout: float = 20.0) -> Receiver:

@@ -10,12 +10,15 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+import sqlalchemy as sa
 
 from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.triggers.sensors import BATCH_TAG, SKIPPED, crm_change_sensor
 from revenue_pipelines.environment import get_environment
-from revenue_pipelines.receiver.queue import Event, SqliteEventQueue
+from revenue_pipelines.receiver.database import database_url, sqlite_url
+from revenue_pipelines.receiver.queue import Event, open_queue
 from revenue_pipelines_tests.conftest import END, read_layer, run_main_job
+from revenue_pipelines_tests.postgres_server import fresh_database
 from revenue_pipelines_tests.receiver_process import receiver_env, start
 
 DAY = datetime(2026, 11, 18, 9, 30, tzinfo=UTC)
@@ -31,8 +34,10 @@ def event(source: str, object_type: str, object_id: str, at: datetime) -> Event:
     return Event(source, uuid.uuid4().hex, object_type, object_id, at, {"objectId": object_id})
 
 
-def tick(path: Path, instance: dg.DagsterInstance, cursor: str | None = None):
-    sensor = crm_change_sensor(path, 30)
+def tick(queue: Path | sa.URL, instance: dg.DagsterInstance, cursor: str | None = None, retention_days: int = 7):
+    """One tick of the sensor over the queue in the SQLite file or at the URL `queue`."""
+    url = sqlite_url(queue) if isinstance(queue, Path) else queue
+    sensor = crm_change_sensor(url, 30, timedelta(days=retention_days))
     context = dg.build_sensor_context(instance=instance, repository_def=defs().get_repository_def(), cursor=cursor)
     return sensor.evaluate_tick(context)
 
@@ -58,7 +63,7 @@ def test_no_queue_file_means_nothing_to_do(tmp_path, instance):
 
 def test_one_day_of_changes_is_one_run_of_the_raw_tables_and_downstream_but_not_slack(tmp_path, instance):
     path = tmp_path / "queue.db"
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         queue.put([event("hubspot", "contact", "1", DAY), event("hubspot", "contact", "2", DAY + timedelta(hours=3))])
         queue.put([event("salesforce", "Opportunity", "006A", DAY)])
         queue.put([event("hubspot", "ticket", "9", DAY)])  # no raw table holds tickets
@@ -81,7 +86,7 @@ def test_one_day_of_changes_is_one_run_of_the_raw_tables_and_downstream_but_not_
     assert cursor["last_id"] == 4
     assert cursor["open"] == {request.run_key: 3}
     assert cursor["queue_depth"] == 0
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         assert queue.markers("crm-changes-") == {request.run_key: [1, 2, 3]}
         assert queue.markers(SKIPPED) == {SKIPPED: [4]}
 
@@ -93,7 +98,7 @@ def test_one_day_of_changes_is_one_run_of_the_raw_tables_and_downstream_but_not_
 
 def test_changes_of_two_days_are_two_runs(tmp_path, instance):
     path = tmp_path / "queue.db"
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         queue.put([event("hubspot", "deal", "1", DAY), event("salesforce", "Account", "001A", DAY + timedelta(days=1))])
 
     requests = tick(path, instance).run_requests
@@ -121,7 +126,7 @@ def record_run(instance: dg.DagsterInstance, request: dg.RunRequest, status: dg.
 
 def test_a_failed_runs_events_go_out_again_under_a_new_key_and_a_successful_one_closes(tmp_path, instance):
     path = tmp_path / "queue.db"
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         queue.put([event("hubspot", "contact", "1", DAY)])
     first = tick(path, instance)
     [request] = first.run_requests
@@ -139,19 +144,53 @@ def test_a_failed_runs_events_go_out_again_under_a_new_key_and_a_successful_one_
     third = tick(path, instance, second.cursor)
     assert third.run_requests == []
     assert json.loads(third.cursor)["open"] == {}
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         assert queue.markers(run.run_id) == {run.run_id: [1]}  # the run's id replaces its key
         assert queue.depth() == 0
 
 
 def test_events_marked_by_a_tick_that_never_completed_go_out_again(tmp_path, instance):
     path = tmp_path / "queue.db"
-    with SqliteEventQueue(path) as queue:
+    with open_queue(sqlite_url(path)) as queue:
         queue.put([event("hubspot", "contact", "1", DAY)])
     tick(path, instance)  # its cursor is lost, no run was created
 
     [request] = tick(path, instance, None).run_requests
     assert request.run_key == "crm-changes-2026-11-18-1-1-1"
+
+
+def test_a_tick_purges_what_was_launched_or_skipped_before_the_retention_but_not_an_open_batch(tmp_path, instance):
+    path = tmp_path / "queue.db"
+    open_key = "crm-changes-2026-11-18-3-3-1"
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    with open_queue(sqlite_url(path), clock=lambda: eight_days_ago) as queue:
+        queue.put([event("hubspot", "contact", str(n), DAY) for n in range(3)])
+        queue.mark_launched([1], "a-run-id")
+        queue.mark_launched([2], SKIPPED)
+        queue.mark_launched([3], open_key)  # its run is still queued
+    cursor = json.dumps({"open": {open_key: 1}})
+
+    kept = tick(path, instance, cursor, retention_days=9)
+    assert "0 purged (launched over 9 days ago)" in kept.skip_message
+    purged = tick(path, instance, cursor)
+
+    assert purged.run_requests == []
+    assert "2 purged (launched over 7 days ago)" in purged.skip_message
+    with open_queue(sqlite_url(path)) as queue:
+        assert queue.markers("") == {open_key: [3]}
+
+
+def test_the_sensor_drains_a_queue_in_postgresql(postgres, instance):
+    with fresh_database(postgres) as settings:
+        url = database_url(settings)
+        with open_queue(url) as queue:
+            queue.put([event("hubspot", "deal", "1", DAY)])
+
+        [request] = tick(url, instance).run_requests
+
+        assert (request.partition_key, request.run_key) == ("2026-11-18", "crm-changes-2026-11-18-1-1-1")
+        with open_queue(url) as queue:
+            assert queue.markers("crm-changes-") == {request.run_key: [1]}
 
 
 @pytest.mark.timeout(600)
@@ -183,7 +222,7 @@ def test_a_contact_touched_in_the_sandbox_reaches_raw_and_core_through_receiver_
         sandbox.webhooks.send_to(receiver.url)
         sandbox.hubspot.touch("contacts", [contact], at)
         deadline = time.monotonic() + 20
-        with SqliteEventQueue(queue_path) as queue:
+        with open_queue(sqlite_url(queue_path)) as queue:
             while queue.depth() < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
     finally:
@@ -225,5 +264,5 @@ def test_a_contact_touched_in_the_sandbox_reaches_raw_and_core_through_receiver_
     assert third.run_requests == []
     assert json.loads(third.cursor)["open"] == {}
     [run] = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": request.run_key}))
-    with SqliteEventQueue(queue_path) as queue:
+    with open_queue(sqlite_url(queue_path)) as queue:
         assert len(queue.markers(run.run_id)[run.run_id]) == 1

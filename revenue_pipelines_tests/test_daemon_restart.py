@@ -17,7 +17,8 @@ import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from revenue_pipelines.defs.triggers.sensors import BATCH_TAG, SENSOR_NAME
-from revenue_pipelines.receiver.queue import Event, SqliteEventQueue
+from revenue_pipelines.receiver.database import sqlite_url
+from revenue_pipelines.receiver.queue import Event, open_queue
 from revenue_pipelines_tests.child_process import kill, spawn, stop
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups and PDEATHSIG")
@@ -58,8 +59,11 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
         "REVENUE_PIPELINES_SLACK": "off",
     }
     daemon_command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "revenue_pipelines.definitions"]
+    queue_url = sqlite_url(
+        home / "receiver" / "queue.db"
+    )  # where the receiver and the sensor find it under DAGSTER_HOME
     log, restarted_log = tmp_path / "daemon.log", tmp_path / "daemon-restarted.log"
-    with SqliteEventQueue(home / "receiver" / "queue.db") as queue:
+    with open_queue(queue_url) as queue:
         queue.put([contact_changed("1", FIRST_DAY), contact_changed("2", FIRST_DAY)])
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -71,7 +75,7 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
         try:
             [first_run] = wait_for("the first batch's run", batch_runs, log)
             kill(daemon)
-            with SqliteEventQueue(home / "receiver" / "queue.db") as queue:
+            with open_queue(queue_url) as queue:
                 queue.put([contact_changed("3", SECOND_DAY)])  # arrives while the daemon is down
 
             daemon = spawn(daemon_command, env, restarted_log)
@@ -103,6 +107,6 @@ def test_a_daemon_killed_after_launching_and_restarted_launches_nothing_twice(sa
         assert keys == ["crm-changes-2026-11-18-1-2-1", "crm-changes-2026-11-19-3-3-1"]
         assert first_run.dagster_run.run_id in {run.run_id for run in runs}
         assert {run.tags["dagster/partition"] for run in runs} == {"2026-11-18", "2026-11-19"}
-        with SqliteEventQueue(home / "receiver" / "queue.db") as queue:
+        with open_queue(queue_url) as queue:
             assert queue.depth() == 0
             assert queue.markers("crm-changes-") == {keys[0]: [1, 2], keys[1]: [3]}

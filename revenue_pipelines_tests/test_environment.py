@@ -6,6 +6,7 @@ import pytest
 from revenue_pipelines.environment import ENVIRONMENT_VARIABLE, SLACK_SWITCH, get_environment
 from revenue_pipelines.lib.bigquery import BigQueryWindowIOManager
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
+from revenue_pipelines.receiver.database import sqlite_url
 
 SLACK_REQUIRED = ["SLACK_BOT_TOKEN", "SLACK_CHANNEL", "DAGSTER_WEBSERVER_URL"]
 PROD_REQUIRED = [
@@ -38,7 +39,13 @@ OPTIONAL = [
     SLACK_SWITCH,
     "RECEIVER_QUEUE_PATH",
     "DAGSTER_HOME",
+    "DAGSTER_PG_HOST",
+    "DAGSTER_PG_PORT",
+    "DAGSTER_PG_DB",
+    "DAGSTER_PG_USERNAME",
+    "DAGSTER_PG_PASSWORD",
     "CRM_CHANGE_SENSOR_INTERVAL_SECONDS",
+    "RECEIVER_RETENTION_DAYS",
 ]
 
 
@@ -122,21 +129,38 @@ def test_prod_posts_to_real_slack_unless_slack_is_switched_off(environment):
 
 def test_the_crm_change_sensor_finds_the_receivers_queue_by_the_receivers_rule(environment, tmp_path):
     local = get_environment()
-    assert local.receiver_queue_path is None  # then the sensor looks under the instance's folder
+    assert local.receiver_database_url is None  # then the sensor looks under the instance's folder
     assert local.crm_change_sensor_interval_seconds == 30
+    assert local.receiver_retention_days == 7
 
     get_environment.cache_clear()
     environment.setenv("DAGSTER_HOME", str(tmp_path))
     environment.setenv("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", "5")
+    environment.setenv("RECEIVER_RETENTION_DAYS", "30")
     home = get_environment()
-    assert home.receiver_queue_path == tmp_path / "receiver" / "queue.db"
+    assert home.receiver_database_url == sqlite_url(tmp_path / "receiver" / "queue.db")
     assert home.crm_change_sensor_interval_seconds == 5
+    assert home.receiver_retention_days == 30
 
     get_environment.cache_clear()
     environment.setenv("RECEIVER_QUEUE_PATH", str(tmp_path / "elsewhere.db"))
-    assert get_environment().receiver_queue_path == tmp_path / "elsewhere.db"
+    assert get_environment().receiver_database_url == sqlite_url(tmp_path / "elsewhere.db")
 
+    # PROD's instance is in PostgreSQL: so is the queue.
     get_environment.cache_clear()
-    environment.setenv("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", "0")
-    with pytest.raises(ValueError, match="CRM_CHANGE_SENSOR_INTERVAL_SECONDS='0'"):
-        get_environment()
+    environment.setenv("DAGSTER_PG_HOST", "db.internal")
+    environment.setenv("DAGSTER_PG_PASSWORD", "pg-password")
+    url = get_environment().receiver_database_url
+    assert (url.get_backend_name(), url.host, url.password) == ("postgresql", "db.internal", "pg-password")
+    assert "pg-password" not in repr(get_environment())
+
+    for variable, value, message in (
+        ("CRM_CHANGE_SENSOR_INTERVAL_SECONDS", "0", "INTERVAL_SECONDS='0': say a whole number of seconds"),
+        ("RECEIVER_RETENTION_DAYS", "a week", "RECEIVER_RETENTION_DAYS='a week': say a whole number of days"),
+        ("DAGSTER_PG_PORT", "fivefour", "DAGSTER_PG_PORT must be a port number"),
+    ):
+        get_environment.cache_clear()
+        with environment.context() as bad:
+            bad.setenv(variable, value)
+            with pytest.raises(ValueError, match=message):
+                get_environment()

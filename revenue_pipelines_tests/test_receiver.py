@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from revenue_pipelines.receiver.audit import AuditLog
 from revenue_pipelines.receiver.database import connect, sqlite_url
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.queue import SqlEventQueue, open_queue
 from revenue_pipelines_tests.receiver_process import (
     BILLING_SECRET,
     ERP_SECRET,
@@ -40,8 +40,8 @@ def receiver(tmp_path) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def queue(tmp_path) -> Iterator[SqliteEventQueue]:
-    with SqliteEventQueue(tmp_path / "queue.db") as opened:
+def queue(tmp_path) -> Iterator[SqlEventQueue]:
+    with open_queue(sqlite_url(tmp_path / "queue.db")) as opened:
         yield opened
 
 
@@ -61,8 +61,8 @@ def shared_receiver(tmp_path_factory) -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def shared_queue(shared_receiver) -> Iterator[SqliteEventQueue]:
-    with SqliteEventQueue(shared_receiver.queue_path) as opened:
+def shared_queue(shared_receiver) -> Iterator[SqlEventQueue]:
+    with open_queue(shared_receiver.database_url) as opened:
         yield opened
 
 
@@ -72,7 +72,7 @@ def shared_client(shared_receiver) -> Iterator[httpx.Client]:
         yield opened
 
 
-def queued(queue: SqliteEventQueue, source: str) -> dict[str, object]:
+def queued(queue: SqlEventQueue, source: str) -> dict[str, object]:
     return {event.event_id: event for event in queue.pending(10_000) if event.source == source}
 
 
@@ -491,7 +491,7 @@ def test_every_refused_delivery_is_audited_and_no_accepted_one(client, receiver,
     ]  # fmt: skip
     assert [response.status_code for response in sent] == [200, 401, 401, 415, 404, 200, 403]
 
-    engine = connect(sqlite_url(receiver.queue_path))
+    engine = connect(receiver.database_url)
     try:
         entries = AuditLog(engine).since(datetime.now(UTC) - timedelta(hours=1))
     finally:

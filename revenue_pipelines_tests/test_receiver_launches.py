@@ -29,10 +29,10 @@ from jsonschema import Draft202012Validator
 
 from revenue_pipelines.receiver.app import create_app
 from revenue_pipelines.receiver.audit import AuditLog
-from revenue_pipelines.receiver.database import connect, sqlite_url
+from revenue_pipelines.receiver.database import connect
 from revenue_pipelines.receiver.keys import UNAUTHORIZED, KeyStore
 from revenue_pipelines.receiver.openapi import openapi_document, render
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.queue import SqlEventQueue
 from revenue_pipelines.receiver.settings import DEFAULT_DAGSTER_WEBSERVER_URL, SettingsError, read_settings
 from revenue_pipelines.sandbox import Sandbox
 from revenue_pipelines_tests.child_process import spawn, stop
@@ -123,7 +123,7 @@ def serving(webserver_url: str, folder: Path) -> Iterator[LaunchApi]:
     """The receiver's app served by uvicorn on a thread of this process on a free port, with three
     API keys made in its database."""
     settings = read_settings(receiver_env(folder / "queue.db", DAGSTER_WEBSERVER_URL=webserver_url))
-    engine = connect(sqlite_url(settings.queue_path))
+    engine = connect(settings.database_url)
     keys, audit = KeyStore(engine), AuditLog(engine)
     made = {
         "launcher": keys.create("ci", ["launch", "read"], None),
@@ -132,7 +132,7 @@ def serving(webserver_url: str, folder: Path) -> Iterator[LaunchApi]:
     }
     headers = {role: {"Authorization": f"Bearer {token}"} for role, (_, token) in made.items()}
     keys.authorize(headers["busy"]["Authorization"], "read")  # its one request a minute, spent
-    with SqliteEventQueue(settings.queue_path) as queue:
+    with SqlEventQueue(engine) as queue:
         config = uvicorn.Config(create_app(settings, queue, keys, audit), log_config=None, lifespan="off")
         server = uvicorn.Server(config)
         listener = socket.create_server(("127.0.0.1", 0))
@@ -149,7 +149,6 @@ def serving(webserver_url: str, folder: Path) -> Iterator[LaunchApi]:
             server.should_exit = True
             thread.join(10)
             listener.close()
-            engine.dispose()
 
 
 @pytest.fixture(scope="module")

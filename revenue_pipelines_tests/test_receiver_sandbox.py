@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.database import sqlite_url
+from revenue_pipelines.receiver.queue import open_queue
 from revenue_pipelines_tests.receiver_process import receiver_env, start
 
 
@@ -31,7 +32,7 @@ def test_the_sandboxs_edits_reach_the_receivers_queue_once_each(sandbox, tmp_pat
         receiver.stop()
 
     assert all(delivery.acknowledged for delivery in sandbox.webhooks.deliveries)
-    with SqliteEventQueue(tmp_path / "queue.db") as queue:
+    with open_queue(sqlite_url(tmp_path / "queue.db")) as queue:
         events = queue.pending(100)
     assert sorted((e.source, e.object_type, e.object_id) for e in events) == sorted(
         [("hubspot", "contact", str(c)) for c in contacts] + [("salesforce", "Opportunity", opportunity)]
@@ -51,7 +52,7 @@ def test_sandbox_run_with_live_changes_feeds_a_receiver_started_beside_the_comma
         del env[secret]  # the sandbox's own, from its environment
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    with SqliteEventQueue(queue_path) as queue:
+    with open_queue(sqlite_url(queue_path)) as queue:
         events = queue.pending(100)
     assert events and {event.source for event in events} <= {"hubspot", "salesforce"}
     assert all(event.occurred_at.date() == datetime.now(UTC).date() for event in events)  # edited now

@@ -7,7 +7,8 @@ never imports `revenue_pipelines.defs`, so it starts in a fraction of a second a
 definitions.
 
 - `settings.py`: the only reader of the process environment (`read_settings()`).
-- `queue.py`: `EventQueue` (the interface) and `SqliteEventQueue` (the embedded default).
+- `database.py`: where the receiver's database is (SQLite file or PostgreSQL) and `connect(url)`.
+- `queue.py`: `EventQueue` (the interface) and `SqlEventQueue`, over either database, with group commit.
 - `verifiers.py`: one function per kind of sender, turning a request into events or refusing it.
 - `app.py`: the Starlette app (`create_app(settings, queue, routes=...)`).
 - `launches.py`: the launch API's routes (`launch_routes(launcher, authorizer, auditor)`) and

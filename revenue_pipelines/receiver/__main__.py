@@ -5,25 +5,27 @@ python -m revenue_pipelines.receiver keys {create,list,rotate,revoke} ...   (see
 python -m revenue_pipelines.receiver audit [--since 24h] [--limit N] [--json]
 
 Serving, it listens on RECEIVER_HOST:RECEIVER_PORT (default 127.0.0.1:8780; port 0 picks a free one,
-printed at start). Exits with status 2, naming every variable to set, when a secret is missing.
+printed at start). Exits with status 2, naming every variable to set, when a secret is missing, or
+when the receiver's database cannot be opened.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import signal
 import socket
 import sys
 
+import sqlalchemy as sa
 import uvicorn
 
 from revenue_pipelines.receiver import cli
 from revenue_pipelines.receiver.app import create_app
 from revenue_pipelines.receiver.audit import AuditLog
-from revenue_pipelines.receiver.database import connect, database_url
+from revenue_pipelines.receiver.database import connect
 from revenue_pipelines.receiver.keys import KeyStore
-from revenue_pipelines.receiver.queue import SqliteEventQueue
+from revenue_pipelines.receiver.queue import SqlEventQueue
 from revenue_pipelines.receiver.settings import SettingsError, read_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     if not settings.public_url_given:  # the address bound, also when RECEIVER_PORT=0 picked it
         settings = dataclasses.replace(settings, public_url=f"http://{_netloc(host, port)}")
-    queue = SqliteEventQueue(settings.queue_path)
-    engine = connect(database_url(os.environ))  # the keys and the audit; read_settings made sure it is named
+    where = settings.database_url.render_as_string(hide_password=True)
+    try:
+        engine = connect(settings.database_url)
+    except sa.exc.OperationalError as error:  # the server's message names no password
+        message = f"receiver: cannot open the queue at {where} (DAGSTER_PG_* or RECEIVER_QUEUE_PATH): {error.orig}"
+        print(message, file=sys.stderr, flush=True)
+        return 2
+    queue = SqlEventQueue(engine)  # disposes of the engine when closed
+    # Uvicorn stops gracefully on SIGTERM, then raises it again: exit through `finally`, not the default handler.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         config = uvicorn.Config(
             create_app(settings, queue, KeyStore(engine), AuditLog(engine)),
@@ -61,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             "listening on http://%s; senders use %s; queue %s",
             _netloc(host, port),
             settings.public_url,
-            settings.queue_path,
+            where,
         )
         server.run(sockets=[listener])
     finally:
         queue.close()
-        engine.dispose()
+        logging.getLogger("revenue_pipelines.receiver").info("stopped; queue closed")
     return 0
 
 

@@ -100,7 +100,7 @@ def create_app(settings: Settings, queue: EventQueue, keys: KeyStore, audit: Aud
             events = await parse(body)
         except Refused as refusal:
             return await _refuse(request, source, refusal)
-        new = await run_in_threadpool(queue.put, events)
+        new = await queue.put_async(events)
         log.info("source=%s status=200 events=%d new=%d client=%s", source, len(events), new, _client(request))
         return answer(new, len(events))
 

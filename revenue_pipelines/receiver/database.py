@@ -14,21 +14,35 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from revenue_pipelines.receiver.settings import default_queue_path
-
 metadata = sa.MetaData()
+
+
+def default_queue_path(env: Mapping[str, str]) -> Path | None:
+    """`RECEIVER_QUEUE_PATH`, else `$DAGSTER_HOME/receiver/queue.db`, else None: the SQLite file of the
+    embedded default, found by the receiver and the sensor (through `revenue_pipelines.environment`)
+    by this one rule."""
+    if path := (env.get("RECEIVER_QUEUE_PATH") or "").strip():
+        return Path(path)
+    if home := (env.get("DAGSTER_HOME") or "").strip():
+        return Path(home) / "receiver" / "queue.db"
+    return None
 
 
 def database_url(env: Mapping[str, str]) -> sa.URL | None:
     """PostgreSQL from `DAGSTER_PG_*` when `DAGSTER_PG_HOST` is set, else the SQLite file of
-    `default_queue_path`; None when neither says where. The URL's repr masks the password."""
+    `default_queue_path`; None when neither says where. The URL's repr masks the password, its str()
+    does not: log `url.render_as_string(hide_password=True)`. A port that is no number raises
+    ValueError naming `DAGSTER_PG_PORT`."""
     if (env.get("DAGSTER_PG_HOST") or "").strip():
+        port = (env.get("DAGSTER_PG_PORT") or "").strip()
+        if port and not port.isdigit():
+            raise ValueError("DAGSTER_PG_PORT must be a port number")
         return sa.URL.create(
             "postgresql+psycopg2",
             username=env.get("DAGSTER_PG_USERNAME") or None,
             password=env.get("DAGSTER_PG_PASSWORD") or None,
             host=env["DAGSTER_PG_HOST"].strip(),
-            port=int(env["DAGSTER_PG_PORT"]) if (env.get("DAGSTER_PG_PORT") or "").strip() else None,
+            port=int(port) if port else None,
             database=env.get("DAGSTER_PG_DB") or None,
         )
     path = default_queue_path(env)
@@ -64,23 +78,23 @@ def connect(url: sa.URL | str) -> sa.Engine:
     return engine
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """The same instant in UTC; a naive value is taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class UtcDateTime(sa.TypeDecorator):
-    """An aware datetime in, an aware UTC datetime out, on both databases: PostgreSQL keeps a
-    TIMESTAMPTZ; SQLite, which has no time zones, keeps the UTC time as fixed-width text, so text
-    order is time order and comparisons in SQL hold."""
+    """An aware datetime in UTC, on both databases: `TIMESTAMPTZ` on PostgreSQL; on SQLite, where
+    SQLAlchemy's DATETIME drops the zone, the UTC time as fixed-width text, so text order is time
+    order. A naive value is taken as UTC."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("a naive datetime is ambiguous: give its time zone")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)

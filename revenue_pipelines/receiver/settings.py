@@ -12,9 +12,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
+
+from revenue_pipelines.receiver.database import database_url
 from revenue_pipelines.receiver.salesforce_ids import salesforce_id_18
 
 DEFAULT_HOST = "127.0.0.1"
@@ -46,7 +48,9 @@ class Settings:
     public_url: str
     """The base URL senders are given (scheme, host, port, prefix path), no trailing slash: HubSpot
     signs it, not the address this process listens on, since a proxy in front changes both."""
-    queue_path: Path
+    database_url: sa.URL
+    """Where the queue is (`database.database_url`): PostgreSQL from `DAGSTER_PG_*`, else a SQLite file.
+    Its str() shows the password: log `render_as_string(hide_password=True)`."""
     public_url_given: bool
     """False when `public_url` is this process's own address (no RECEIVER_PUBLIC_URL)."""
     hubspot_client_secret: str = field(repr=False)
@@ -58,16 +62,6 @@ class Settings:
     """Where the launch API reaches Dagster's GraphQL (and the UI its answers link to), no trailing slash."""
     max_body_bytes: int = 1024 * 1024
     max_timestamp_age_seconds: int = 300
-
-
-def default_queue_path(env: Mapping[str, str]) -> Path | None:
-    """`RECEIVER_QUEUE_PATH`, else `$DAGSTER_HOME/receiver/queue.db`, else None. The receiver and
-    the sensor (through `revenue_pipelines.environment`) find the queue by this one rule."""
-    if path := (env.get("RECEIVER_QUEUE_PATH") or "").strip():
-        return Path(path)
-    if home := (env.get("DAGSTER_HOME") or "").strip():
-        return Path(home) / "receiver" / "queue.db"
-    return None
 
 
 def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,9 +89,13 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
     else:
         public_url = f"http://{host}:{port}"
 
-    queue_path = default_queue_path(env)
-    if queue_path is None:
-        missing.append("RECEIVER_QUEUE_PATH (or DAGSTER_HOME)")
+    try:
+        url = database_url(env)
+        if url is None:
+            missing.append("RECEIVER_QUEUE_PATH (or DAGSTER_HOME, or DAGSTER_PG_HOST for PostgreSQL)")
+    except ValueError as error:
+        url = None
+        invalid.append(str(error))
 
     hubspot_secret = get("HUBSPOT_APP_CLIENT_SECRET")
     if not hubspot_secret:
@@ -120,12 +118,12 @@ def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     if missing or invalid:
         raise SettingsError(missing, invalid)
-    assert queue_path is not None
+    assert url is not None
     return Settings(
         host=host,
         port=port,
         public_url=public_url,
-        queue_path=queue_path,
+        database_url=url,
         public_url_given=bool(get("RECEIVER_PUBLIC_URL")),
         hubspot_client_secret=hubspot_secret,
         salesforce_organization_id=organization_id,

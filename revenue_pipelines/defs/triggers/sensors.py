@@ -15,6 +15,8 @@ Each tick:
 3. Requests one run per day: that partition, the affected raw tables (with their quarantine
    siblings, which the same step writes) and everything downstream except the Slack deliveries
    (the digest covers whole days; the daily run posts it).
+4. Purges events launched (or skipped) more than the retention ago, in one bounded delete; those of
+   a batch still open stay.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy as sa
 
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
-from revenue_pipelines.receiver.queue import QueuedEvent, SqliteEventQueue
+from revenue_pipelines.receiver.database import sqlite_url
+from revenue_pipelines.receiver.queue import EventQueue, QueuedEvent, open_queue
 
 SENSOR_NAME = "crm_change_sensor"
 JOB_NAME = "daily_revenue_job"
@@ -38,6 +42,7 @@ SKIPPED = "skipped-unmapped"
 BATCH_TAG = "revenue_pipelines/crm_batch"
 EVENTS_TAG = "revenue_pipelines/crm_events"
 MAX_EVENTS_PER_TICK = 10_000
+MAX_PURGED_PER_TICK = 10_000
 FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 # (source, object type as the sender names it) -> raw table
@@ -102,8 +107,9 @@ def batch_name(day: date, ids: Iterable[int]) -> str:
     return f"{KEY_PREFIX}{day.isoformat()}-{min(ids)}-{max(ids)}"
 
 
-def crm_change_sensor(queue_path: Path | None, interval_seconds: int) -> dg.SensorDefinition:
-    """The sensor over the queue at `queue_path` (None: `<instance root>/receiver/queue.db`)."""
+def crm_change_sensor(database_url: sa.URL | None, interval_seconds: int, retention: timedelta) -> dg.SensorDefinition:
+    """The sensor over the queue in the database at `database_url` (None: the SQLite file
+    `<instance root>/receiver/queue.db`); events launched more than `retention` ago are purged."""
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -116,20 +122,22 @@ def crm_change_sensor(queue_path: Path | None, interval_seconds: int) -> dg.Sens
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        path = queue_path or _instance_queue_path(context.instance)
+        url = database_url or _instance_database_url(context.instance)
         cursor = Cursor.parse(context.cursor)
-        if path is None or not path.exists():
-            context.log.info(f"no queue at {path}: nothing to do")
+        if url is None or (url.get_backend_name() == "sqlite" and not Path(url.database or "").exists()):
+            context.log.info(f"no queue at {url}: nothing to do")  # a SQLite URL: no password in it
             return dg.SensorResult(run_requests=[], cursor=cursor.dump())
-        with SqliteEventQueue(path) as queue:
+        with open_queue(url) as queue:
             released = _settle(context, queue, cursor)
             requests, skipped = _requests(context, queue, cursor)
+            purged = queue.purge(retention, MAX_PURGED_PER_TICK, keep_prefix=KEY_PREFIX)
             cursor.queue_depth = queue.depth()
             oldest = queue.oldest_age_seconds()
             cursor.oldest_pending_seconds = None if oldest is None else round(oldest, 1)
         summary = (
             f"{len(requests)} run(s) requested, {released} event(s) of failed runs released, {skipped} skipped "
-            f"(no raw table); queue depth {cursor.queue_depth}, oldest pending {cursor.oldest_pending_seconds} s"
+            f"(no raw table), {purged} purged (launched over {retention.days} days ago); "
+            f"queue depth {cursor.queue_depth}, oldest pending {cursor.oldest_pending_seconds} s"
         )
         context.log.info(summary)
         # A sensor has no metadata of its own in the UI: the tick's log, its skip reason and its cursor carry these.
@@ -138,12 +146,12 @@ def crm_change_sensor(queue_path: Path | None, interval_seconds: int) -> dg.Sens
     return _sensor
 
 
-def _instance_queue_path(instance: dg.DagsterInstance) -> Path | None:
+def _instance_database_url(instance: dg.DagsterInstance) -> sa.URL | None:
     root = getattr(instance, "root_directory", None)
-    return Path(root) / "receiver" / "queue.db" if root else None
+    return sqlite_url(Path(root) / "receiver" / "queue.db") if root else None
 
 
-def _settle(context: dg.SensorEvaluationContext, queue: SqliteEventQueue, cursor: Cursor) -> int:
+def _settle(context: dg.SensorEvaluationContext, queue: EventQueue, cursor: Cursor) -> int:
     """Close the batches whose run has finished; release those of failed runs. Events released."""
     assert cursor.open is not None
     released = 0
@@ -167,7 +175,7 @@ def _settle(context: dg.SensorEvaluationContext, queue: SqliteEventQueue, cursor
 
 
 def _requests(
-    context: dg.SensorEvaluationContext, queue: SqliteEventQueue, cursor: Cursor
+    context: dg.SensorEvaluationContext, queue: EventQueue, cursor: Cursor
 ) -> tuple[list[dg.RunRequest], int]:
     assert cursor.open is not None
     events = queue.pending(MAX_EVENTS_PER_TICK)
