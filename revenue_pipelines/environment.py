@@ -45,6 +45,7 @@ from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables, ReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
+from revenue_pipelines.lib.destinations.slack import SlackRouteWriter
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
 from revenue_pipelines.lib.token_store import FileTokenStore
@@ -65,6 +66,11 @@ LOCAL_WEBSERVER_URL = "http://127.0.0.1:3000"  # `make dev`
 DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS = 30
 DEFAULT_RECEIVER_RETENTION_DAYS = 7
 """HubSpot and Salesforce redeliver for at most 24 hours: no duplicate comes after a week."""
+DEFAULT_ROUTES_PATH = Path(__file__).parent / "routes.yaml"
+ROUTE_SETTINGS = {
+    "slack": "Slack is on: SLACK_BOT_TOKEN and SLACK_CHANNEL set, REVENUE_PIPELINES_SLACK not off",
+}
+"""What makes each destination kind of the routes available, for the warning when it is not."""
 REQUIRED = "required"
 """A PROD default that is no default: the variable must be set."""
 
@@ -88,6 +94,14 @@ class Environment:
     receiver_database_url: sa.URL | None = None
     """The webhook receiver's queue; None: a SQLite file under the Dagster instance's folder, if it has one."""
     crm_change_sensor_interval_seconds: int = DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS
+    routes_path: Path = DEFAULT_ROUTES_PATH
+    """The routes file, or a folder of them (`REVENUE_PIPELINES_ROUTES`)."""
+    route_slack: SlackRouteWriter | None = None
+    """The writer of each destination kind (`route_<kind>`), None where the kind is not available."""
+
+    def route_writer(self, kind: str) -> dg.ConfigurableResource | None:
+        return getattr(self, f"route_{kind}", None)
+
     receiver_retention_days: int = DEFAULT_RECEIVER_RETENTION_DAYS
     """Launched events are kept this long (a redelivery within it is still a duplicate), then purged."""
 
@@ -239,6 +253,8 @@ def _resources(settings: _Settings) -> Environment:
             DEFAULT_RECEIVER_RETENTION_DAYS,
             "days",
         ),
+        routes_path=Path(settings.value("REVENUE_PIPELINES_ROUTES", local=None, prod=None) or DEFAULT_ROUTES_PATH),
+        route_slack=SlackRouteWriter(slack=slack) if slack else None,
     )
 
 

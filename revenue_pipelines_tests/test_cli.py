@@ -19,6 +19,7 @@ from revenue_pipelines_tests.conftest import END, expected_ids, run_main_job
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's run takes about a minute alone; a machine shared with other work can make it ten times longer.
 CLI_RUN_TIMEOUT = 900
+PROJECT_ROUTES = {"REVENUE_PIPELINES_ROUTES": ""}  # the project's routes file, not the tests' empty one
 
 
 def _run(command: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -30,7 +31,7 @@ def _tool(name: str) -> str:
 
 
 def test_dg_check_defs_passes():
-    completed = _run([_tool("dg"), "check", "defs"], {})
+    completed = _run([_tool("dg"), "check", "defs"], PROJECT_ROUTES)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "All definitions loaded successfully" in completed.stdout + completed.stderr
 
@@ -40,7 +41,7 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
     """The suite's one end-to-end CLI run: `make demo`'s, which is `dagster job execute` on the sandbox."""
     env = {"DAGSTER_HOME": str(tmp_path / "home"), "REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data")}
     (tmp_path / "home").mkdir()
-    completed = _run([sys.executable, "-m", "revenue_pipelines.demo"], env, timeout=CLI_RUN_TIMEOUT)
+    completed = _run([sys.executable, "-m", "revenue_pipelines.demo"], env | PROJECT_ROUTES, timeout=CLI_RUN_TIMEOUT)
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
     lines = completed.stdout.splitlines()
 

@@ -10,8 +10,9 @@ from revenue_pipelines.defs.revenue.metrics import channel_attribution, daily_re
 from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
 
-# Every source, the unified model built on them, and the Slack digest of it (when Slack is on).
-GROUPS = ["hubspot", "salesforce", "ga4", "bigquery", "revenue", "slack"]
+# Every source, the unified model built on them, the Slack digest of it (when Slack is on) and the routes
+# that deliver it.
+GROUPS = ["hubspot", "salesforce", "ga4", "bigquery", "revenue", "slack", "routes"]
 
 daily_revenue_job = dg.define_asset_job(
     "daily_revenue_job",
@@ -19,8 +20,8 @@ daily_revenue_job = dg.define_asset_job(
     partitions_def=DAILY_INGESTION,
     description=(
         "Ingests, checks and stores one day of every source, brings the current state up to that day and "
-        "builds the unified revenue model on it, then posts the day's digest to Slack; as a single-run backfill, "
-        "a whole range of days."
+        "builds the unified revenue model on it, then posts the day's digest to Slack and delivers the routes; "
+        "as a single-run backfill, a whole range of days."
     ),
 )
 

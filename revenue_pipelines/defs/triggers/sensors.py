@@ -61,7 +61,8 @@ RAW_TABLES: dict[tuple[str, str], dg.AssetKey] = {
         )
     },
 }
-NOT_REFRESHED = dg.AssetSelection.key_prefixes(["slack"])
+# Slack messages are a day's news, posted by the daily run: a change during the day does not repost them.
+NOT_REFRESHED = dg.AssetSelection.key_prefixes(["slack"], ["routes", "slack"])
 
 
 @dataclass

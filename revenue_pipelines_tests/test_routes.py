@@ -1,0 +1,190 @@
+"""Routing rules and route assets: the file is validated with file, line and field; a wrong route is
+left out and the rest load; the JSON Schema in docs/ is current; a route delivers a partition's
+selected rows to its destination (here the sandbox's Slack), once per day, and its check compares
+what was confirmed with what was selected."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from revenue_pipelines.definitions import defs
+from revenue_pipelines.defs.routes.assets import ROWS_DELIVERED, route_asset, select_rows
+from revenue_pipelines.defs.routes.rules import load_routes, schema_text
+from revenue_pipelines.environment import DEFAULT_ROUTES_PATH
+from revenue_pipelines.lib.destinations.slack import ROUTE_EVENT
+from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines_tests.conftest import END, day_range, read_layer, run_main_job
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST = END - timedelta(days=1)
+
+GOOD = """\
+routes:
+  - name: enterprise
+    source: revenue/marts/accounts
+    destination: {kind: slack, title: Enterprise accounts}
+    where: segment = 'Enterprise'
+"""
+
+WRONG = """\
+routes:
+  - name: fine
+    source: revenue/marts/pipeline
+    destination:
+      kind: slack
+      title: Deals
+  - name: Bad-Name
+    source: revenue/marts/accounts
+    destination:
+      kind: slack
+      title: x
+  - name: no_such_source
+    source: revenue/marts/nothing
+    destination: {kind: slack, title: x}
+  - name: typo
+    source: revenue/marts/accounts
+    destination:
+      kind: slack
+      titel: x
+  - name: unknown_kind
+    source: revenue/marts/accounts
+    destination:
+      kind: carrier_pigeon
+  - name: bad_where
+    source: revenue/marts/accounts
+    destination: {kind: slack, title: x}
+    where: arr_usd >
+  - name: fine
+    source: revenue/marts/accounts
+    destination: {kind: slack, title: twice}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "routes.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_projects_routes_file_is_valid():
+    routes, problems = load_routes(DEFAULT_ROUTES_PATH)
+    assert problems == [] and routes
+
+
+def test_each_mistake_is_reported_at_its_file_line_and_field_and_the_good_route_is_kept(tmp_path):
+    path = write(tmp_path, WRONG)
+
+    routes, problems = load_routes(path)
+
+    assert [route.name for route in routes] == ["fine"]
+    found = {(problem.line, problem.field): problem.expected for problem in problems}
+    assert all(problem.file == path for problem in problems)
+    assert "should match pattern" in found[(7, "routes[1].name")]
+    assert "must be one of revenue/marts/accounts" in found[(13, "routes[2].source")]
+    assert found[(18, "routes[3].destination.title")] == "is required"
+    assert found[(19, "routes[3].destination.titel")] == "is not a field here (a typo?)"
+    assert "slack" in found[(23, "routes[4].destination")]
+    assert found[(27, "routes[5].where")].startswith("not a Polars SQL condition")
+    assert found[(28, "routes.name")] == "fine is already a route's name"
+    assert len(problems) == 7
+    assert str(problems[0]).startswith(f"{path}:7: routes[1].name: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [
+        ("routes: [\n  {name: a\n", 3, "not valid YAML"),
+        ("- name: a\n", 1, "a list under routes:"),
+        ("routes:\n  name: a\n", 1, "a list under routes:"),
+    ],
+)
+def test_a_file_that_is_not_a_routes_file_says_so(tmp_path, text, line, expected):
+    [problem] = load_routes(write(tmp_path, text))[1]
+    assert problem.line == line and expected in problem.expected
+
+
+def test_a_folder_of_files_is_read_in_name_order(tmp_path):
+    write(tmp_path, GOOD, "b.yaml")
+    write(
+        tmp_path, GOOD.replace("name: enterprise", "name: all_accounts").replace("    where:", "    # where:"), "a.yaml"
+    )
+    routes, problems = load_routes(tmp_path)
+    assert problems == [] and [route.name for route in routes] == ["all_accounts", "enterprise"]
+
+
+def test_the_json_schema_in_docs_is_current():
+    assert (ROOT / "docs" / "routes.schema.json").read_text() == schema_text(), (
+        "docs/routes.schema.json is stale: regenerate it with "
+        "`uv run python -m revenue_pipelines.defs.routes.rules > docs/routes.schema.json`"
+    )
+
+
+def test_rows_are_selected_by_condition_and_columns_and_changed_rows_against_the_day_before(tmp_path):
+    day, before = END, END - timedelta(days=1)
+    rows = pl.LazyFrame(
+        {
+            PARTITION_COLUMN: [before, before, day, day, day],
+            "account_id": ["a", "b", "a", "b", "c"],
+            "segment": ["Enterprise", "Enterprise", "Enterprise", "Enterprise", "SMB"],
+            "arr_usd": [10.0, 20.0, 10.0, 25.0, 5.0],
+        }
+    )
+    [route], _ = load_routes(
+        write(
+            tmp_path,
+            "routes:\n  - name: r\n    source: revenue/marts/accounts\n    destination: {kind: slack, title: t}\n"
+            "    columns: [account_id, arr_usd]\n    where: segment = 'Enterprise'\n    send: changed_rows\n",
+        )
+    )
+    assert select_rows(rows, route, day).to_dicts() == [{"account_id": "b", "arr_usd": 25.0}]
+    every = route.model_copy(update={"send": "every_partition"})
+    assert select_rows(rows, every, day)["account_id"].to_list() == ["a", "b"]
+
+    unknown = route.model_copy(update={"columns": ["account_id", "revenue"]})
+    with pytest.raises(dg.Failure, match=r"revenue/marts/accounts has no column revenue\. Its columns: "):
+        select_rows(rows, unknown, day)
+
+
+def test_a_slack_route_posts_each_days_rows_once_and_its_check_compares_them(sandbox_factory, monkeypatch, tmp_path):
+    sandbox = sandbox_factory(seed=11, companies=40, days=2, bigquery=True)
+    data = {"REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data")}
+    [route], _ = load_routes(
+        write(tmp_path, GOOD.replace("    where:", "    columns: [account_id, name, segment]\n    where:"))
+    )
+    asset = route_asset(route)
+    assert asset.key == dg.AssetKey(["routes", "slack", "enterprise"])
+    assert asset.group_names_by_key[asset.key] == "routes"
+    with dg.DagsterInstance.ephemeral() as instance:
+        environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=data)
+        assert result.success
+        for _ in range(2):  # the second time updates the two messages
+            delivered = dg.materialize(
+                [*defs().assets, asset],
+                selection=[asset.key],
+                resources=environment.resources(),
+                instance=instance,
+                tags=day_range(FIRST, END),
+            )
+            assert delivered.success
+
+    accounts = read_layer(tmp_path / "data", "revenue", "marts", "accounts")
+    messages = {
+        message.metadata["event_payload"]["key"]: message
+        for message in sandbox.slack.messages("revenue")
+        if message.metadata and message.metadata.get("event_type") == ROUTE_EVENT
+    }
+    assert sorted(messages) == [f"enterprise/{FIRST}", f"enterprise/{END}"]
+    assert all(message.edits == 1 for message in messages.values())
+    enterprise = accounts.filter((pl.col(PARTITION_COLUMN) == END) & (pl.col("segment") == "Enterprise"))
+    assert enterprise.height > 0
+    shown = messages[f"enterprise/{END}"].blocks[1]["text"]["text"]
+    assert f"{enterprise.height:,} row" in messages[f"enterprise/{END}"].blocks[0]["text"]["text"]
+    assert all(account_id in shown for account_id in enterprise["account_id"].head(15).to_list())
+
+    [evaluation] = [e for e in delivered.get_asset_check_evaluations() if e.check_name == ROWS_DELIVERED]
+    assert evaluation.passed
+    selected = accounts.filter(pl.col("segment") == "Enterprise").height
+    assert evaluation.metadata["rows_selected"].value == evaluation.metadata["rows_confirmed"].value == selected
