@@ -13,7 +13,7 @@ import pytest
 from revenue_pipelines.definitions import defs
 from revenue_pipelines.defs.routes.assets import ROWS_DELIVERED, route_asset, select_rows
 from revenue_pipelines.defs.routes.rules import load_routes, schema_text
-from revenue_pipelines.environment import DEFAULT_ROUTES_PATH
+from revenue_pipelines.environment import DEFAULT_ROUTES_PATH, get_environment
 from revenue_pipelines.lib.destinations.slack import ROUTE_EVENT
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines_tests.conftest import END, day_range, read_layer, run_main_job
@@ -188,3 +188,25 @@ def test_a_slack_route_posts_each_days_rows_once_and_its_check_compares_them(san
     assert evaluation.passed
     selected = accounts.filter(pl.col("segment") == "Enterprise").height
     assert evaluation.metadata["rows_selected"].value == evaluation.metadata["rows_confirmed"].value == selected
+
+
+def test_the_code_location_loads_without_the_wrong_routes_and_says_why(tmp_path, monkeypatch, caplog):
+    """What `definitions.py` does with the file at load: the good route becomes an asset, each wrong
+    one is a warning naming its file and line, and nothing raises."""
+    import importlib
+
+    from revenue_pipelines.defs.routes import definitions as routes_definitions
+
+    monkeypatch.setenv("REVENUE_PIPELINES_ROUTES", str(write(tmp_path, WRONG)))
+    get_environment.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="revenue_pipelines.routes"):
+            loaded = importlib.reload(routes_definitions).defs
+        assert [asset.key.to_user_string() for asset in loaded.assets] == ["routes/slack/fine"]
+        warnings = [record.getMessage() for record in caplog.records]
+        assert len(warnings) == 7 and all(message.startswith("a route is left out: ") for message in warnings)
+        assert f"{tmp_path / 'routes.yaml'}:13: routes[2].source" in warnings[1]
+    finally:
+        monkeypatch.undo()
+        get_environment.cache_clear()
+        importlib.reload(routes_definitions)
