@@ -2,9 +2,9 @@
 
 Starts the sandbox, runs `daily_revenue_job` over the last 7 days as one run through the same
 `dagster job execute` a CI pipeline would use, prints each step as it ends (read from the run's
-event log while the command runs), then what each asset produced and the Slack digest the
-sandbox's channel got (its chart is kept under the data folder), and exits non-zero if anything
-failed. The run stays in the local instance, so `make dev` shows it afterwards.
+event log while the command runs), then what each asset produced, what each route delivered and
+where, and the Slack digest the sandbox's channel got (its chart is kept under the data folder), and
+exits non-zero if anything failed. The run stays in the local instance, so `make dev` shows it afterwards.
 """
 
 import json
@@ -20,6 +20,7 @@ import dagster as dg
 
 from revenue_pipelines.defs.slack.assets import DIGEST_KEY
 from revenue_pipelines.environment import get_environment
+from revenue_pipelines.lib.processes import die_with_this_process
 from revenue_pipelines.lib.slack import DIGEST_EVENT
 from revenue_pipelines.sandbox import Sandbox
 
@@ -58,7 +59,12 @@ def main() -> int:
         command = [dagster, "job", "execute", "-m", "revenue_pipelines.definitions", "-j", JOB, "-c", IN_PROCESS]
         command += ["--tags", json.dumps(range_tags)]
         process = subprocess.Popen(  # noqa: S603 (our own CLI)
-            command, env={**os.environ, **sandbox.env()}, stdout=output, stderr=subprocess.STDOUT, text=True
+            command,
+            env={**os.environ, **sandbox.env()},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=die_with_this_process(),  # a demo stopped with Ctrl-C or kill leaves no run behind
         )
         run_id = follow(instance, process, previous)
         output.seek(0)
@@ -71,6 +77,8 @@ def main() -> int:
         return 1
     print()
     print(summary(instance, run_id))
+    if deliveries := route_lines(instance, run_id):
+        print("\nRoutes delivered:\n" + deliveries)
     if posted:
         print(f"\n{posted}")
     print(f"\nRun {run_id}: {instance.get_run_by_id(run_id).status.value}. Browse it with `make dev`.")
@@ -204,6 +212,31 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
         if verdict != "passed"
     ]
     return "\n".join([*table, *([""] if notes else []), *notes])
+
+
+def route_lines(instance: dg.DagsterInstance, run_id: str) -> str:
+    """One line per route the run delivered: rows, where, and what its check said."""
+    routes: dict[str, dict[str, object]] = {}
+    for record in instance.get_records_for_run(run_id).records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            if materialization.asset_key.path[0] == "routes":  # a range run repeats the run's metadata per day
+                metadata = materialization.metadata
+                routes.setdefault(materialization.asset_key.to_user_string(), {}).update(
+                    rows=metadata["rows_delivered"].value, destination=metadata["destination"].value
+                )
+        elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            if evaluation.asset_key.path[0] == "routes":
+                routes.setdefault(evaluation.asset_key.to_user_string(), {})["check"] = _verdict(evaluation)
+    return "\n".join(
+        f"{key}: {route.get('rows', 0):,} rows, last to {route.get('destination', '-')}; "
+        f"rows_delivered: {route.get('check', 'not run')}"
+        for key, route in sorted(routes.items())
+    )
 
 
 def _failure_lines(output: str) -> str:

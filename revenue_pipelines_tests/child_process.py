@@ -5,15 +5,13 @@ should the test process die first)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from revenue_pipelines.lib.processes import die_with_this_process
 
 
 def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, **options) -> subprocess.Popen:
@@ -27,7 +25,7 @@ def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, **opti
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
+            preexec_fn=die_with_this_process(),
             **options,
         )
 
@@ -51,14 +49,3 @@ def stop(process: subprocess.Popen) -> None:
             break
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(5)
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(128 + signal.SIGTERM)
-
-    return in_child

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import shlex
 import signal
@@ -16,12 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import date
 
+from revenue_pipelines.lib.processes import die_with_this_process
 from revenue_pipelines.sandbox import Sandbox
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 GROUP_GRACE_SECONDS = 5.0
 
 
@@ -141,7 +139,7 @@ def _run(sandbox: Sandbox, command: list[str]) -> int:
                 command,
                 env={**os.environ, **sandbox.env()},
                 process_group=0,
-                preexec_fn=_terminate_with(os.getpid()) if sys.platform == "linux" else None,
+                preexec_fn=die_with_this_process(),
             )
         except OSError as error:
             print(f"cannot run {command[0]!r}: {error}", file=sys.stderr)
@@ -154,19 +152,6 @@ def _run(sandbox: Sandbox, command: list[str]) -> int:
         finally:
             _end_group(child.pid)
     return 128 - status if status < 0 else status
-
-
-def _terminate_with(parent: int) -> Callable[[], None]:
-    """For the child, before it runs the command: SIGTERM when its parent thread dies (Linux's
-    PR_SET_PDEATHSIG; this process's main thread, which waits for it), or now if it already has."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
-
-    def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(128 + signal.SIGTERM)
-
-    return in_child
 
 
 def _signal_group(group: int, signum: int) -> None:

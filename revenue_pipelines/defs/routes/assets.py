@@ -41,7 +41,14 @@ def route_asset(route: Route) -> dg.AssetsDefinition:
         key=key,
         description=route.description
         or f"{route.source} to {route.kind} ({route.send.replace('_', ' ')}), as declared in the routes file.",
-        ins={"rows": dg.AssetIn(source, partition_mapping=mapping)},
+        ins={
+            "rows": dg.AssetIn(
+                source,
+                partition_mapping=mapping,
+                # The first day of a history has no day before: all its rows are new.
+                metadata={"allow_missing_partitions": True} if mapping else None,
+            )
+        },
         partitions_def=DAILY_INGESTION,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name="routes",
@@ -104,7 +111,8 @@ def select_rows(rows: pl.LazyFrame, route: Route, day: date) -> pl.DataFrame:
 
 
 def delivery_metadata(deliveries: dict[str, Delivery]) -> dict[str, dg.MetadataValue]:
-    """One partition: the destination's own confirmation; a range: a table, a row per day."""
+    """One partition: the destination's own confirmation; a range: a table, a row per day (and the
+    last day's destination)."""
     if len(deliveries) == 1:
         return next(iter(deliveries.values())).metadata()
     table = pl.DataFrame(
@@ -114,6 +122,7 @@ def delivery_metadata(deliveries: dict[str, Delivery]) -> dict[str, dg.MetadataV
         ]
     )
     return {
+        "destination": dg.MetadataValue.text(list(deliveries.values())[-1].uri),
         "rows_delivered": dg.MetadataValue.int(sum(d.rows for d in deliveries.values())),
         "bytes": dg.MetadataValue.int(sum(d.bytes for d in deliveries.values())),
         "deliveries": dg.MetadataValue.md(markdown_table(table, limit=len(table))),
