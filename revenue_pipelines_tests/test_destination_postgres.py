@@ -3,6 +3,7 @@
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -296,3 +297,13 @@ def test_a_wrong_password_or_address_fails_at_once_naming_the_variables(database
     nowhere = writer_of(database, port=1)
     with pytest.raises(dg.Failure, match=r"127\.0\.0\.1:1/.*Check ROUTES_PG_HOST, ROUTES_PG_PORT"):
         deliver(nowhere, deals())
+
+
+def test_partitions_delivered_at_once_both_land(writer):
+    """Two partitions of a new route race to create the table: the table lock makes one wait."""
+    days = [date(2026, 11, day) for day in range(1, 9)]
+    with ThreadPoolExecutor(max_workers=len(days)) as pool:
+        deliveries = list(pool.map(lambda day: deliver(writer, deals(50).with_columns(day=pl.lit(day))), days))
+
+    assert sum(delivery.answer["table_created"] for delivery in deliveries) == 1
+    assert query(writer, "SELECT count(*) FROM routes.won_deals") == [(50 * len(days),)]
