@@ -118,7 +118,7 @@ class PostgresDestinationWriter(dg.ConfigurableResource):
         log: logging.Logger,
     ) -> Delivery:
         """Upsert `frame` (one partition's rows) into the route's table in one transaction."""
-        types = column_types(frame, destination)
+        types = _column_types(frame, destination)
         target = sql.Identifier(destination.table_schema, destination.table)
         uri = f"postgresql://{self.host}:{self.port}/{self.database}/{destination.table_schema}.{destination.table}"
         connection = self._connect()
@@ -137,7 +137,12 @@ class PostgresDestinationWriter(dg.ConfigurableResource):
         unchanged = frame.height - inserted - updated
         log.info(
             "Route %s partition %s: %d rows inserted, %d updated, %d unchanged in %s",
-            *(route, partition_key, inserted, updated, unchanged, uri),
+            route,
+            partition_key,
+            inserted,
+            updated,
+            unchanged,
+            uri,
         )
         return Delivery(
             uri=uri,
@@ -166,7 +171,7 @@ class PostgresDestinationWriter(dg.ConfigurableResource):
                 application_name="revenue_pipelines routes",
             )
         except psycopg2.OperationalError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = next(iter(str(error).strip().splitlines()), type(error).__name__)
             raise dg.Failure(
                 description=(
                     f"PostgreSQL at {self.host}:{self.port}/{self.database} (as {self.username}) cannot be used: "
@@ -176,7 +181,7 @@ class PostgresDestinationWriter(dg.ConfigurableResource):
             ) from None
 
 
-def column_types(frame: pl.DataFrame, destination: PostgresDestination) -> dict[str, str]:
+def _column_types(frame: pl.DataFrame, destination: PostgresDestination) -> dict[str, str]:
     """Each column's PostgreSQL type; fails, before any SQL, on a name, a dtype or a key that cannot be delivered."""
     table = f"{destination.table_schema}.{destination.table}"
     invalid = [name for name in frame.columns if not re.fullmatch(IDENTIFIER_PATTERN, name)]
