@@ -45,6 +45,7 @@ from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables, ReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
+from revenue_pipelines.lib.destinations.postgres import PostgresDestinationWriter
 from revenue_pipelines.lib.destinations.slack import SlackRouteWriter
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
@@ -69,6 +70,7 @@ DEFAULT_RECEIVER_RETENTION_DAYS = 7
 DEFAULT_ROUTES_PATH = Path(__file__).parent / "routes.yaml"
 ROUTE_SETTINGS = {
     "slack": "Slack is on: SLACK_BOT_TOKEN and SLACK_CHANNEL set, REVENUE_PIPELINES_SLACK not off",
+    "postgres": "ROUTES_PG_HOST set, with ROUTES_PG_DB, ROUTES_PG_USERNAME, ROUTES_PG_PASSWORD (ROUTES_PG_PORT)",
 }
 """What makes each destination kind of the routes available, for the warning when it is not."""
 REQUIRED = "required"
@@ -97,6 +99,7 @@ class Environment:
     routes_path: Path = DEFAULT_ROUTES_PATH
     """The routes file, or a folder of them (`REVENUE_PIPELINES_ROUTES`)."""
     route_slack: SlackRouteWriter | None = None
+    route_postgres: PostgresDestinationWriter | None = None
     """The writer of each destination kind (`route_<kind>`), None where the kind is not available."""
 
     def route_writer(self, kind: str) -> dg.ConfigurableResource | None:
@@ -255,6 +258,25 @@ def _resources(settings: _Settings) -> Environment:
         ),
         routes_path=Path(settings.value("REVENUE_PIPELINES_ROUTES", local=None, prod=None) or DEFAULT_ROUTES_PATH),
         route_slack=SlackRouteWriter(slack=slack) if slack else None,
+        route_postgres=_route_postgres(settings),
+    )
+
+
+def _route_postgres(settings: _Settings) -> PostgresDestinationWriter | None:
+    """The PostgreSQL that routes of kind `postgres` write to, when ROUTES_PG_HOST names one; then the
+    database, the role and its password must be set too."""
+    host = settings.value("ROUTES_PG_HOST", local=None, prod=None)
+    if not host:
+        return None
+    if not os.environ.get("ROUTES_PG_PASSWORD"):
+        settings.missing.append("ROUTES_PG_PASSWORD")
+    return PostgresDestinationWriter(
+        host=host,
+        port=_positive_int("ROUTES_PG_PORT", settings.value("ROUTES_PG_PORT", local=None, prod=None), 5432, "port"),
+        database=settings.value("ROUTES_PG_DB", local=REQUIRED, prod=REQUIRED) or "",
+        username=settings.value("ROUTES_PG_USERNAME", local=REQUIRED, prod=REQUIRED) or "",
+        password=dg.EnvVar("ROUTES_PG_PASSWORD"),
+        sslmode=settings.value("ROUTES_PG_SSLMODE", local=None, prod=None),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import psycopg2
 import pytest
 
 from revenue_pipelines.definitions import defs
@@ -148,29 +149,54 @@ def test_rows_are_selected_by_condition_and_columns_and_changed_rows_against_the
         select_rows(rows, unknown, day)
 
 
-def test_a_slack_route_posts_each_days_rows_once_and_its_check_compares_them(sandbox_factory, monkeypatch, tmp_path):
+TWO_ROUTES = """\
+routes:
+  - name: enterprise
+    source: revenue/marts/accounts
+    destination: {kind: slack, title: Enterprise accounts}
+    columns: [account_id, name, segment]
+    where: segment = 'Enterprise'
+  - name: enterprise_table
+    source: revenue/marts/accounts
+    destination: {kind: postgres, table: enterprise_accounts, schema: routes, key: [ingestion_date, account_id]}
+    columns: [ingestion_date, account_id, name, arr_usd]
+    where: segment = 'Enterprise'
+"""
+
+
+def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_them(
+    sandbox_factory, monkeypatch, tmp_path, postgres
+):
+    """A Slack message per day (a re-run updates it) and a PostgreSQL table (a re-run changes no row)."""
     sandbox = sandbox_factory(seed=11, companies=40, days=2, bigquery=True)
-    data = {"REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data")}
-    [route], _ = load_routes(
-        write(tmp_path, GOOD.replace("    where:", "    columns: [account_id, name, segment]\n    where:"))
-    )
-    asset = route_asset(route)
-    assert asset.key == dg.AssetKey(["routes", "slack", "enterprise"])
-    assert asset.group_names_by_key[asset.key] == "routes"
+    routes_db = {name.replace("DAGSTER_PG_", "ROUTES_PG_"): value for name, value in postgres.items()}
+    env = {"REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data"), **routes_db}
+    routes, _ = load_routes(write(tmp_path, TWO_ROUTES))
+    assets = [route_asset(route) for route in routes]
+    assert [asset.key.to_user_string() for asset in assets] == [
+        "routes/slack/enterprise",
+        "routes/postgres/enterprise_table",
+    ]
+    assert {asset.group_names_by_key[asset.key] for asset in assets} == {"routes"}
     with dg.DagsterInstance.ephemeral() as instance:
-        environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=data)
+        environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=env)
         assert result.success
-        for _ in range(2):  # the second time updates the two messages
-            delivered = dg.materialize(
-                [*defs().assets, asset],
-                selection=[asset.key],
+        runs = [
+            dg.materialize(
+                [*defs().assets, *assets],
+                selection=[asset.key for asset in assets],
                 resources=environment.resources(),
                 instance=instance,
                 tags=day_range(FIRST, END),
             )
-            assert delivered.success
+            for _ in range(2)  # the second time updates the two messages and no row
+        ]
+    assert all(run.success for run in runs)
 
     accounts = read_layer(tmp_path / "data", "revenue", "marts", "accounts")
+    enterprise = accounts.filter(pl.col("segment") == "Enterprise")
+    on_end = enterprise.filter(pl.col(PARTITION_COLUMN) == END)
+    assert on_end.height > 0
     messages = {
         message.metadata["event_payload"]["key"]: message
         for message in sandbox.slack.messages("revenue")
@@ -178,16 +204,32 @@ def test_a_slack_route_posts_each_days_rows_once_and_its_check_compares_them(san
     }
     assert sorted(messages) == [f"enterprise/{FIRST}", f"enterprise/{END}"]
     assert all(message.edits == 1 for message in messages.values())
-    enterprise = accounts.filter((pl.col(PARTITION_COLUMN) == END) & (pl.col("segment") == "Enterprise"))
-    assert enterprise.height > 0
+    assert f"{on_end.height:,} row" in messages[f"enterprise/{END}"].blocks[0]["text"]["text"]
     shown = messages[f"enterprise/{END}"].blocks[1]["text"]["text"]
-    assert f"{enterprise.height:,} row" in messages[f"enterprise/{END}"].blocks[0]["text"]["text"]
-    assert all(account_id in shown for account_id in enterprise["account_id"].head(15).to_list())
+    assert all(account_id in shown for account_id in on_end["account_id"].head(15).to_list())
 
-    [evaluation] = [e for e in delivered.get_asset_check_evaluations() if e.check_name == ROWS_DELIVERED]
-    assert evaluation.passed
-    selected = accounts.filter(pl.col("segment") == "Enterprise").height
-    assert evaluation.metadata["rows_selected"].value == evaluation.metadata["rows_confirmed"].value == selected
+    with psycopg2.connect(**connection(postgres)) as connection_, connection_.cursor() as cursor:
+        cursor.execute("SELECT ingestion_date, account_id, name, arr_usd FROM routes.enterprise_accounts")
+        table = sorted(cursor.fetchall())
+    expected = enterprise.select(PARTITION_COLUMN, "account_id", "name", "arr_usd").sort(PARTITION_COLUMN, "account_id")
+    assert table == expected.rows()
+    again = runs[1].asset_materializations_for_node("routes__postgres__enterprise_table")[0].metadata["answers"].value
+    assert all(answer["inserted"] == answer["updated"] == 0 for answer in again.values())
+
+    for run in runs:
+        evaluations = [e for e in run.get_asset_check_evaluations() if e.check_name == ROWS_DELIVERED]
+        assert len(evaluations) == 2 and all(e.passed for e in evaluations)
+        assert all(e.metadata["rows_confirmed"].value == enterprise.height for e in evaluations)
+
+
+def connection(postgres: dict[str, str]) -> dict[str, str]:
+    return {
+        "host": postgres["DAGSTER_PG_HOST"],
+        "port": postgres["DAGSTER_PG_PORT"],
+        "dbname": postgres["DAGSTER_PG_DB"],
+        "user": postgres["DAGSTER_PG_USERNAME"],
+        "password": postgres["DAGSTER_PG_PASSWORD"],
+    }
 
 
 def test_the_code_location_loads_without_the_wrong_routes_and_says_why(tmp_path, monkeypatch, caplog):
