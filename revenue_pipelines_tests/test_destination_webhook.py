@@ -3,6 +3,7 @@ signature with `standardwebhooks`, de-duplicates by webhook-id and fails as scri
 
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -249,3 +250,15 @@ def test_in_a_run_with_the_secrets_from_the_environment_and_none_in_the_event_lo
     assert metadata["answer"].value["statuses"][0] == [503, 200]
     event_log = repr(result.all_events)
     assert "503" in event_log and sink.secret.removeprefix("whsec_") not in event_log
+
+
+def test_a_receiver_that_is_not_listening_gets_dead_letters_after_the_last_attempt(resource):
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gone = WebhookDestination(kind="webhook", url=f"http://127.0.0.1:{port}/hooks/arr", batch_size=BATCH_SIZE)
+    delivery = resource.deliver(mart(), gone, route=ROUTE, partition_key=PARTITION, log=LOG)
+
+    assert delivery.answer["statuses"] == [["NewConnectionError"] * 4]
+    assert delivery.rows == 0 and len(delivery.dead_letters) == 3
+    assert json.loads(Path(delivery.dead_letters[0]).read_text())["answer"] == "no answer (NewConnectionError)"

@@ -50,7 +50,7 @@ EVENT_TYPE = "route.batch"
 # Throttling, timeouts, conflicts and "too early" pass; any other 4xx will be refused again.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, *range(500, 600)})
 REFUSAL_EXCERPT_CHARS = 500
-UNSIGNED_HEADERS = ("webhook-signature", "authorization")  # never written to a dead letter
+SECRET_HEADERS = ("webhook-signature", "authorization")  # never written to a dead letter
 
 
 class WebhookDestination(BaseModel):
@@ -267,7 +267,7 @@ class _DeadLetters:
             "batch": batch.index,
             "rows": batch.rows,
             "url": uri,
-            "headers": {name: value for name, value in headers.items() if name not in UNSIGNED_HEADERS},
+            "headers": {name: value for name, value in headers.items() if name not in SECRET_HEADERS},
             "last_status": None if outcome is None or outcome.response is None else outcome.response.status,
             "attempts": [] if outcome is None else list(outcome.outcomes),
             "answer": "not attempted: an earlier batch was not delivered" if outcome is None else _refusal(outcome),
