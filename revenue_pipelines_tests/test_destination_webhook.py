@@ -214,11 +214,12 @@ def test_user_info_is_sent_as_basic_auth_and_kept_out_of_the_uri(sink, resource)
     assert delivery.rows == authenticated.rows == 25
 
 
-def test_a_route_without_a_secret_fails_naming_the_variable_and_sends_nothing(sink, resource):
+@pytest.mark.parametrize("secrets", ["other=whsec_c2VjcmV0", f"{ROUTE}=whsec_", f"{ROUTE}=whsec_a"])
+def test_a_route_without_a_usable_secret_fails_naming_the_variable_and_sends_nothing(sink, resource, secrets):
+    unusable = resource.model_copy(update={"signing_secrets": secrets})
     with pytest.raises(dg.Failure, match=SECRETS_VARIABLE) as failure:
-        resource.deliver(mart(), destination(sink), route="unknown_route", partition_key=PARTITION, log=LOG)
-    assert "unknown_route" in str(failure.value.description)
-    assert sink.secret not in str(failure.value.description)
+        deliver(unusable, mart(), sink)
+    assert ROUTE in str(failure.value.description) and "whsec_a" not in str(failure.value.description)
     assert sink.requests.count() == 0
 
 
