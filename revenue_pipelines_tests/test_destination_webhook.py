@@ -10,8 +10,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+import urllib3
 
 from revenue_pipelines.lib.destinations.webhook import SECRETS_VARIABLE, WebhookDestination, WebhookResource
+from revenue_pipelines.lib.http import send_with_retries, transport_retry
 from revenue_pipelines.sandbox.webhook_sink import WebhookSink
 
 ROUTE = "arr_to_billing"
@@ -263,3 +265,20 @@ def test_a_receiver_that_is_not_listening_gets_dead_letters_after_the_last_attem
     assert delivery.answer["statuses"] == [["NewConnectionError"] * 4]
     assert delivery.rows == 0 and len(delivery.dead_letters) == 3
     assert json.loads(Path(delivery.dead_letters[0]).read_text())["answer"] == "no answer (NewConnectionError)"
+
+
+def test_each_attempt_gets_fresh_headers_so_a_late_retry_carries_a_fresh_signature(sink):
+    """`send_with_retries` asks for the headers on every attempt: the webhook signs each with its own time."""
+    sink.faults.add("status", times=2, status=503)
+    calls: list[int] = []
+
+    def headers() -> dict[str, str]:
+        calls.append(len(calls) + 1)
+        return {"x-attempt": str(calls[-1])}
+
+    with urllib3.PoolManager() as pool:
+        outcome = send_with_retries(
+            pool, "POST", f"{sink.url}/plain", body=b"{}", headers=headers, retry=transport_retry(3, 0.01, 0.05)
+        )
+    assert outcome.outcomes == (503, 503, 401)  # the sink verifies: unsigned is refused, and 401 is final
+    assert calls == [1, 2, 3]
