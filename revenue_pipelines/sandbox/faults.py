@@ -9,7 +9,7 @@ from typing import Any
 # What each kind does to the request it fires on, and the parameters it takes (with defaults).
 FAULT_KINDS: dict[str, dict[str, Any]] = {
     "rate_limit": {"retry_after": None},  # the service's 429; Retry-After (rounded up) only if given
-    "status": {"status": 500},  # answer this error status with the service's JSON error body
+    "status": {"status": 500, "retry_after": None},  # this error status, the service's error body; Retry-After if given
     "drop": {},  # close the connection without answering
     "drop_mid_body": {},  # send headers (full Content-Length) and half the body, then close
     "slow": {"seconds": 1.0},  # wait, then answer normally

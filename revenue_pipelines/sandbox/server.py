@@ -175,6 +175,10 @@ class Service:
         """Headers on every response of this service, errors and scripted faults included."""
         return {}
 
+    def retry_after_headers(self, seconds: float) -> dict[str, str]:
+        """How this service says "come back in `seconds`"."""
+        return retry_after_header(seconds)
+
 
 def retry_after_header(seconds: float) -> dict[str, str]:
     """Retry-After in whole seconds, rounded up: HTTP allows only digits, and urllib3 rejects others."""
@@ -329,6 +333,8 @@ class ApiServer(ThreadingHTTPServer):
         elif kind == "status":
             status = fault.params["status"]
             response = service.error(status, HTTPStatus(status).phrase, "INTERNAL_ERROR")
+            if fault.params["retry_after"] is not None:
+                response.headers.update(service.retry_after_headers(fault.params["retry_after"]))
         else:
             response = self._respond(route, service, request)
         response.headers.update(service.common_headers())
