@@ -47,6 +47,7 @@ from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
 from revenue_pipelines.lib.destinations.postgres import PostgresDestinationWriter
 from revenue_pipelines.lib.destinations.slack import SlackRouteWriter
+from revenue_pipelines.lib.destinations.webhook import SECRETS_VARIABLE, WebhookResource
 from revenue_pipelines.lib.io_managers import PartitionedParquetIOManager
 from revenue_pipelines.lib.slack import SLACK_API, SlackDigestIOManager, SlackResource
 from revenue_pipelines.lib.token_store import FileTokenStore
@@ -71,6 +72,7 @@ DEFAULT_ROUTES_PATH = Path(__file__).parent / "routes.yaml"
 ROUTE_SETTINGS = {
     "slack": "Slack is on: SLACK_BOT_TOKEN and SLACK_CHANNEL set, REVENUE_PIPELINES_SLACK not off",
     "postgres": "ROUTES_PG_HOST set, with ROUTES_PG_DB, ROUTES_PG_USERNAME, ROUTES_PG_PASSWORD (ROUTES_PG_PORT)",
+    "webhook": f"{SECRETS_VARIABLE} set: route=whsec_... for each webhook route (and, in PROD, ROUTES_DEAD_LETTER_DIR)",
 }
 """What makes each destination kind of the routes available, for the warning when it is not."""
 REQUIRED = "required"
@@ -100,6 +102,7 @@ class Environment:
     """The routes file, or a folder of them (`REVENUE_PIPELINES_ROUTES`)."""
     route_slack: SlackRouteWriter | None = None
     route_postgres: PostgresDestinationWriter | None = None
+    route_webhook: WebhookResource | None = None
     """The writer of each destination kind (`route_<kind>`), None where the kind is not available."""
 
     def route_writer(self, kind: str) -> dg.ConfigurableResource | None:
@@ -259,6 +262,7 @@ def _resources(settings: _Settings) -> Environment:
         routes_path=Path(settings.value("REVENUE_PIPELINES_ROUTES", local=None, prod=None) or DEFAULT_ROUTES_PATH),
         route_slack=SlackRouteWriter(slack=slack) if slack else None,
         route_postgres=_route_postgres(settings),
+        route_webhook=_route_webhook(settings, data_dir),
     )
 
 
@@ -278,6 +282,16 @@ def _route_postgres(settings: _Settings) -> PostgresDestinationWriter | None:
         password=dg.EnvVar("ROUTES_PG_PASSWORD"),
         sslmode=settings.value("ROUTES_PG_SSLMODE", local=None, prod=None),
     )
+
+
+def _route_webhook(settings: _Settings, data_dir: str | None) -> WebhookResource | None:
+    """The sender of routes of kind `webhook`, when their signing secrets are set; batches it cannot
+    deliver are kept under ROUTES_DEAD_LETTER_DIR (locally, beside the data)."""
+    if not os.environ.get(SECRETS_VARIABLE):
+        return None
+    local = str(Path(data_dir or "data") / "routes" / "dead_letters")
+    folder = settings.value("ROUTES_DEAD_LETTER_DIR", local=local, prod=REQUIRED) or local
+    return WebhookResource(signing_secrets=dg.EnvVar(SECRETS_VARIABLE), dead_letter_dir=str(Path(folder).resolve()))
 
 
 def _positive_int(variable: str, value: str | None, default: int, unit: str) -> int:

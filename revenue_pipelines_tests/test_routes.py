@@ -17,6 +17,7 @@ from revenue_pipelines.defs.routes.rules import load_routes, schema_text
 from revenue_pipelines.environment import DEFAULT_ROUTES_PATH, get_environment
 from revenue_pipelines.lib.destinations.slack import ROUTE_EVENT
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
+from revenue_pipelines.sandbox.webhook_sink import WebhookSink
 from revenue_pipelines_tests.conftest import END, day_range, read_layer, run_main_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,36 +162,47 @@ routes:
     destination: {kind: postgres, table: enterprise_accounts, schema: routes, key: [ingestion_date, account_id]}
     columns: [ingestion_date, account_id, name, arr_usd]
     where: segment = 'Enterprise'
+  - name: enterprise_hook
+    source: revenue/marts/accounts
+    destination: {kind: webhook, url: "SINK/enterprise", batch_size: 10}
+    columns: [ingestion_date, account_id, arr_usd]
+    where: segment = 'Enterprise'
+    send: changed_rows
 """
 
 
 def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_them(
     sandbox_factory, monkeypatch, tmp_path, postgres
 ):
-    """A Slack message per day (a re-run updates it) and a PostgreSQL table (a re-run changes no row)."""
+    """A Slack message per day (a re-run updates it), a PostgreSQL table (a re-run changes no row) and
+    signed webhook batches of the rows changed since the day before (a re-run sends the same ids)."""
     sandbox = sandbox_factory(seed=11, companies=40, days=2, bigquery=True)
+    sink = WebhookSink()
     routes_db = {name.replace("DAGSTER_PG_", "ROUTES_PG_"): value for name, value in postgres.items()}
-    env = {"REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data"), **routes_db}
-    routes, _ = load_routes(write(tmp_path, TWO_ROUTES))
-    assets = [route_asset(route) for route in routes]
-    assert [asset.key.to_user_string() for asset in assets] == [
-        "routes/slack/enterprise",
-        "routes/postgres/enterprise_table",
-    ]
-    assert {asset.group_names_by_key[asset.key] for asset in assets} == {"routes"}
-    with dg.DagsterInstance.ephemeral() as instance:
-        environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=env)
-        assert result.success
-        runs = [
-            dg.materialize(
-                [*defs().assets, *assets],
-                selection=[asset.key for asset in assets],
-                resources=environment.resources(),
-                instance=instance,
-                tags=day_range(FIRST, END),
-            )
-            for _ in range(2)  # the second time updates the two messages and no row
-        ]
+    env = {
+        "REVENUE_PIPELINES_DATA_DIR": str(tmp_path / "data"),
+        "ROUTE_WEBHOOK_SECRETS": f"enterprise_hook={sink.secret}",
+        **routes_db,
+    }
+    with sink:
+        routes, _ = load_routes(write(tmp_path, TWO_ROUTES.replace("SINK", sink.url)))
+        assets = [route_asset(route) for route in routes]
+        keys = [asset.key.to_user_string() for asset in assets]
+        assert keys == ["routes/slack/enterprise", "routes/postgres/enterprise_table", "routes/webhook/enterprise_hook"]
+        assert {asset.group_names_by_key[asset.key] for asset in assets} == {"routes"}
+        with dg.DagsterInstance.ephemeral() as instance:
+            environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=env)
+            assert result.success
+            runs = [
+                dg.materialize(
+                    [*defs().assets, *assets],
+                    selection=[asset.key for asset in assets],
+                    resources=environment.resources(),
+                    instance=instance,
+                    tags=day_range(FIRST, END),
+                )
+                for _ in range(2)  # the second time updates the two messages and no row
+            ]
     assert all(run.success for run in runs)
 
     accounts = read_layer(tmp_path / "data", "revenue", "marts", "accounts")
@@ -216,10 +228,25 @@ def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_th
     again = runs[1].asset_materializations_for_node("routes__postgres__enterprise_table")[0].metadata["answers"].value
     assert all(answer["inserted"] == answer["updated"] == 0 for answer in again.values())
 
+    # The webhook got each day's changed rows once, every batch verified by its signature.
+    before = enterprise.with_columns(pl.col(PARTITION_COLUMN) + pl.duration(days=1)).select(
+        PARTITION_COLUMN, "account_id", "arr_usd"
+    )
+    changed = enterprise.select(PARTITION_COLUMN, "account_id", "arr_usd").join(
+        before, on=[PARTITION_COLUMN, "account_id", "arr_usd"], how="anti"
+    )
+    assert 0 < changed.height < enterprise.height
+    got = pl.DataFrame(sink.rows("/enterprise")).with_columns(pl.col(PARTITION_COLUMN).str.to_date())
+    assert got.sort(PARTITION_COLUMN, "account_id").equals(changed.sort(PARTITION_COLUMN, "account_id"))
+    assert sink.duplicates == len(sink.accepted())  # the re-run sent the same batches, with the same ids
+
     for run in runs:
-        evaluations = [e for e in run.get_asset_check_evaluations() if e.check_name == ROWS_DELIVERED]
-        assert len(evaluations) == 2 and all(e.passed for e in evaluations)
-        assert all(e.metadata["rows_confirmed"].value == enterprise.height for e in evaluations)
+        checks = run.get_asset_check_evaluations()
+        evaluations = {e.asset_key.path[1]: e for e in checks if e.check_name == ROWS_DELIVERED}
+        assert all(e.passed for e in evaluations.values()) and len(evaluations) == 3
+        assert evaluations["slack"].metadata["rows_confirmed"].value == enterprise.height
+        assert evaluations["postgres"].metadata["rows_confirmed"].value == enterprise.height
+        assert evaluations["webhook"].metadata["rows_confirmed"].value == changed.height
 
 
 def connection(postgres: dict[str, str]) -> dict[str, str]:
