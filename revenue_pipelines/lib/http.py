@@ -25,7 +25,8 @@ def transport_retry(max_retries: int, backoff_factor_seconds: float, backoff_max
 
     Retry-After is honoured when the server sends it, else the wait doubles from
     `backoff_factor_seconds` up to `backoff_max_seconds`, with jitter so parallel steps spread out.
-    Every method is retried: the connectors only read, even where the API reads through a POST.
+    Every method is retried: the connectors read (even where the API reads through a POST), and the
+    one writer, HubSpot write-back, sets absolute values, which a repeated request leaves the same.
     The last failed response is returned rather than raised, so the client reports its own error.
     A TLS failure is never retried: the same certificate comes back.
     """
