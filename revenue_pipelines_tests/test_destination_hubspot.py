@@ -2,7 +2,7 @@
 
 import logging
 import math
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -94,6 +94,49 @@ def test_only_changed_rows_are_sent_they_land_in_ground_truth_and_a_rerun_sends_
     assert rerun.answer["changed"] == rerun.answer["updated"] == rerun.answer["batches"] == 0
     assert rerun.rows == frame.height
     assert rerun.bytes < delivery.bytes
+
+
+def test_values_hubspot_spells_differently_are_equal_and_stay_unwritten(sandbox):
+    """Datetimes (aware or naive UTC) against ISO or epoch milliseconds, integers and booleans."""
+    ids = _portal(sandbox)["id"].head(4).to_list()
+    sandbox.hubspot.add_property("companies", "arr_checked_at", None, type="datetime")
+    sandbox.hubspot.add_property("companies", "open_deals", None, type="number")
+    sandbox.hubspot.add_property("companies", "is_customer", None, type="enumeration")
+    moment = datetime(2026, 11, 20, 9, 30, 15, 250_000, tzinfo=UTC)
+    frame = pl.DataFrame(
+        {
+            "hubspot_company_id": ids,
+            "checked_at": [moment, moment, moment + timedelta(hours=1), None],
+            "open_deals": [3, 3, 4, 0],
+            "customer": [True, False, True, None],
+        }
+    )
+    destination = HubSpotDestination(
+        kind="hubspot",
+        id_column="hubspot_company_id",
+        properties={"arr_checked_at": "checked_at", "open_deals": "open_deals", "is_customer": "customer"},
+    )
+    epoch_ms = str(int(moment.timestamp() * 1000))
+    sandbox.hubspot.set_values("companies", "arr_checked_at", {ids[0]: epoch_ms, ids[1]: "2026-11-20T09:30:15.250Z"})
+    sandbox.hubspot.set_values("companies", "open_deals", {ids[0]: "3.0", ids[1]: "3"})
+    sandbox.hubspot.set_values("companies", "is_customer", {ids[0]: "true", ids[1]: "false"})
+
+    first = _deliver(sandbox, frame, destination)
+    naive = _deliver(sandbox, frame.with_columns(pl.col("checked_at").dt.replace_time_zone(None)), destination)
+
+    assert (first.answer["changed"], naive.answer["changed"]) == (2, 0)
+    truth = sandbox.hubspot.truth("companies").filter(pl.col("id").is_in(ids[2:])).sort("id")
+    assert truth.select("arr_checked_at", "open_deals", "is_customer").rows() == [
+        ("2026-11-20T10:30:15.250Z", "4", "true"),
+        (None, "0", None),
+    ]
+
+
+def test_a_value_the_property_refuses_fails_with_hubspots_reason(sandbox):
+    frame = _accounts(_portal(sandbox)["id"].to_list())
+    destination = DESTINATION.model_copy(update={"properties": {"arr_usd": "segment"}})
+    with pytest.raises(dg.Failure, match='not a valid number for "arr_usd"'):
+        _deliver(sandbox, frame, destination)
 
 
 def test_updates_go_in_full_batches_of_100(sandbox_factory):

@@ -145,6 +145,8 @@ class HubSpotWriteBack(dg.ConfigurableResource):
             body = {"inputs": [{"id": record_id} for record_id in chunk], "properties": properties}
             bodies.append(_wire(body))
             for record in json.loads(self.hubspot.batch_read(destination.object, body, stats)).get("results") or []:
+                if not record.get("id"):  # served without an id: it cannot be matched to a row
+                    continue
                 sent = record.get("properties") or {}
                 if absent := [name for name in properties if name not in sent]:
                     raise dg.Failure(
@@ -203,8 +205,8 @@ def _wanted_values(
 
 def _id_texts(ids: pl.Series) -> list[str | None]:
     """Record ids as HubSpot writes them; None where the value cannot be one (empty, not a positive integer)."""
-    texts = ids.cast(pl.String).str.strip_chars() if ids.dtype != pl.String else ids.str.strip_chars()
-    return [text if text is not None and RECORD_ID.fullmatch(text) else None for text in texts.to_list()]
+    texts = ids.cast(pl.String).str.strip_chars().to_list()
+    return [text if text is not None and RECORD_ID.fullmatch(text) else None for text in texts]
 
 
 def _hubspot_texts(column: pl.Series) -> list[str | None]:
