@@ -139,6 +139,21 @@ def test_a_value_the_property_refuses_fails_with_hubspots_reason(sandbox):
         _deliver(sandbox, frame, destination)
 
 
+@pytest.mark.parametrize(("object_type", "prop"), [("contacts", "jobtitle"), ("deals", "dealname")])
+def test_contacts_and_deals_are_written_the_same_way(sandbox, object_type, prop):
+    ids = sandbox.hubspot.truth(object_type).filter(~pl.col("archived"))["id"].head(5).to_list()
+    frame = pl.DataFrame({"record_id": ids, "title": [f"Written {n}" for n in range(5)]})
+    destination = HubSpotDestination(
+        kind="hubspot", object=object_type, id_column="record_id", properties={prop: "title"}
+    )
+
+    delivery = _deliver(sandbox, frame, destination)
+
+    assert delivery.answer["updated"] == 5 and delivery.uri.endswith(f"/{object_type}")
+    truth = sandbox.hubspot.truth(object_type).filter(pl.col("id").is_in(ids)).sort("id")
+    assert truth[prop].to_list() == frame.sort("record_id")["title"].to_list()
+
+
 def test_updates_go_in_full_batches_of_100(sandbox_factory):
     sandbox = sandbox_factory(seed=4, companies=260, days=10)
     companies = _portal(sandbox)
