@@ -207,6 +207,13 @@ def test_unknown_and_missing_ids_are_counted_and_the_rest_delivered(sandbox):
     assert archived_truth["arr_usd"].is_null().all()
 
 
+def test_an_empty_partition_asks_hubspot_nothing(sandbox):
+    frame = _accounts(_portal(sandbox)["id"].to_list()).clear()
+    delivery = _deliver(sandbox, frame)
+    assert (delivery.rows, delivery.bytes, delivery.answer["attempts"]) == (0, 0, 0)
+    assert len(sandbox.requests) == 0
+
+
 def test_no_deliverable_row_fails_the_delivery(sandbox):
     _portal(sandbox)
     archived = sandbox.hubspot.truth("companies").filter("archived")["id"].to_list()

@@ -222,6 +222,8 @@ def _hubspot_texts(column: pl.Series) -> list[str | None]:
         return [None if value is None else value.isoformat() for value in values]
     if dtype == pl.Boolean:
         return [None if value is None else str(value).lower() for value in values]
+    if dtype == pl.Null:
+        return values
     if dtype in (pl.String, pl.Categorical, pl.Enum):
         return [None if value in (None, "") else str(value) for value in values]
     raise dg.Failure(
