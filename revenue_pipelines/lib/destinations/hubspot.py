@@ -82,7 +82,9 @@ class HubSpotWriteBack(dg.ConfigurableResource):
         partition_key: str,
         log: logging.Logger,
     ) -> Delivery:
-        wanted, missing_ids = _wanted_values(frame, destination, route)
+        _require_columns(frame, destination, route)
+        ids = _id_texts(frame.get_column(destination.id_column))
+        wanted, missing_ids = _wanted_values(frame, ids, destination, route)
         stats = WindowStats()
         bodies: list[bytes] = []
         current = self._read_current(destination, list(wanted), stats, bodies, route)
@@ -94,7 +96,6 @@ class HubSpotWriteBack(dg.ConfigurableResource):
         updated = self._update(destination.object, changes, stats, bodies)
         in_sync = (set(current) - set(changes)) | updated
         unknown = [record_id for record_id in wanted if record_id not in in_sync]
-        ids = _id_texts(frame.get_column(destination.id_column))
         rows = sum(1 for record_id in ids if record_id in in_sync)
         if unknown:
             log.warning(
@@ -170,24 +171,27 @@ class HubSpotWriteBack(dg.ConfigurableResource):
         return updated
 
 
+def _require_columns(frame: pl.DataFrame, destination: HubSpotDestination, route: str) -> None:
+    needed = [destination.id_column, *destination.properties.values()]
+    if absent := [column for column in dict.fromkeys(needed) if column not in frame.columns]:
+        raise dg.Failure(
+            description=f"Route {route} maps columns its rows do not have: {', '.join(absent)}.", allow_retries=False
+        )
+
+
 def _wanted_values(
-    frame: pl.DataFrame, destination: HubSpotDestination, route: str
+    frame: pl.DataFrame, ids: list[str | None], destination: HubSpotDestination, route: str
 ) -> tuple[dict[str, dict[str, str | None]], int]:
     """id -> property -> the mart's value as HubSpot text (None: empty), and how many rows have no id.
 
     Rows repeating an id with the same values are one record; with different values they are an error,
     since HubSpot can hold only one.
     """
-    needed = [destination.id_column, *destination.properties.values()]
-    if absent := [column for column in dict.fromkeys(needed) if column not in frame.columns]:
-        raise dg.Failure(
-            description=f"Route {route} maps columns its rows do not have: {', '.join(absent)}.", allow_retries=False
-        )
     texts = {name: _hubspot_texts(frame.get_column(column)) for name, column in destination.properties.items()}
     wanted: dict[str, dict[str, str | None]] = {}
     conflicts: list[str] = []
     missing = 0
-    for index, record_id in enumerate(_id_texts(frame.get_column(destination.id_column))):
+    for index, record_id in enumerate(ids):
         if record_id is None:
             missing += 1
             continue
