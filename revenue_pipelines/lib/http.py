@@ -34,8 +34,9 @@ def transport_retry(
 
     Retry-After is honoured when the server sends it, else the wait doubles from
     `backoff_factor_seconds` up to `backoff_max_seconds`, with jitter so parallel steps spread out.
-    Every method is retried: the connectors only read, even where the API reads through a POST,
-    and the one writer (outbound webhooks) sends a stable id its receivers de-duplicate by.
+    Every method is retried: the connectors read (even where the API reads through a POST), and the
+    writers are safe to repeat: outbound webhooks send a stable id their receivers de-duplicate by,
+    HubSpot write-back sets absolute values, which a repeated request leaves the same.
     The last failed response is returned rather than raised, so the client reports its own error.
     A TLS failure is never retried: the same certificate comes back.
     """

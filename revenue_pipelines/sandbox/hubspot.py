@@ -82,7 +82,11 @@ SEARCH_LIMIT_MAX = 200
 SEARCH_RESULT_CAP = 10_000
 MAX_FILTER_GROUPS = 5
 MAX_FILTERS_PER_GROUP = 6
-BATCH_READ_MAX_INPUTS = 1000
+BATCH_READ_MAX_INPUTS = 1000  # v4 association batch reads
+OBJECT_BATCH_MAX_INPUTS = 100  # v3 object batch read and update
+# Properties HubSpot computes: a batch update naming one is refused (READ_ONLY_VALUE).
+READ_ONLY_PROPERTIES = ("hs_object_id", "createdate", "hs_lastmodifieddate", "lastmodifieddate")
+FIELD_TYPES = {"string": "text", "number": "number", "datetime": "date", "date": "date", "enumeration": "select"}
 # Associations one batch-read result carries before it pages (`paging.next.after`, per input).
 # HubSpot documents the paging but no number; 500 is what its association reads page by elsewhere.
 ASSOCIATION_PAGE_SIZE = 500
@@ -277,15 +281,37 @@ class HubSpot(Service):
         if self.on_change:
             self.on_change(object_type, ids, at)
 
-    def add_property(self, object_type: str, name: str, value: str | None = "x") -> None:
-        """Schema drift: a new text property holding `value` on every record."""
+    def add_property(self, object_type: str, name: str, value: str | None = "x", type: str = "string") -> None:
+        """Schema drift, or a custom property made for write-back: a new property of `type`
+        (string, number, datetime, date, enumeration) holding `value` on every record."""
         object_type = _known(object_type)
+        if type not in FIELD_TYPES:
+            raise ValueError(f"unknown property type {type!r}; known: {sorted(FIELD_TYPES)}")
         with self._lock:
             table = self._tables[object_type]
             if name in table.property_names or name in INTERNAL_COLUMNS:
                 raise ValueError(f"{object_type} already have a column named {name!r}")
             frame = table.frame.with_columns(pl.lit(value, dtype=pl.String).alias(name))
-            self._tables[object_type] = ObjectTable(frame, (*table.schema, Property(name, name, "string", "text")))
+            prop = Property(name, name, type, FIELD_TYPES[type])
+            self._tables[object_type] = ObjectTable(frame, (*table.schema, prop))
+
+    def write(self, object_type: str, values: dict[int, dict[str, str | None]], at: datetime) -> None:
+        """Edit records as a batch update does: each id's properties take the given stored values,
+        and its modification property and updatedAt move to `at`. The webhooks of the edit follow."""
+        object_type = _known(object_type)
+        at = as_utc(at)
+        with self._lock:
+            table = self._tables[object_type]
+            frame = table.frame
+            for name in dict.fromkeys(name for properties in values.values() for name in properties):
+                given = {record_id: properties[name] for record_id, properties in values.items() if name in properties}
+                frame = with_values(frame, "id", name, given)
+            self._tables[object_type] = ObjectTable(frame, table.schema)
+            stamp = pl.lit(at, dtype=UTC_MS)
+            changes = {"updated_at": stamp, MODIFIED_PROPERTY[object_type]: stamp.dt.strftime(TIMESTAMP_FORMAT)}
+            self._update(object_type, pl.col("id").is_in(list(values)), changes)
+        if self.on_change:
+            self.on_change(object_type, list(values), at)
 
     def remove_property(self, object_type: str, name: str) -> None:
         """Schema drift: the property vanishes from records and from the properties endpoint."""
@@ -317,6 +343,8 @@ class HubSpot(Service):
         return [
             Route("GET", re.compile(r"/crm/v3/objects/(?P<object_type>[\w-]+)"), self._list_objects),
             Route("POST", re.compile(r"/crm/v3/objects/(?P<object_type>[\w-]+)/search"), self._search_objects),
+            Route("POST", re.compile(r"/crm/v3/objects/(?P<object_type>[\w-]+)/batch/read"), self._batch_read),
+            Route("POST", re.compile(r"/crm/v3/objects/(?P<object_type>[\w-]+)/batch/update"), self._batch_update),
             Route(
                 "POST",
                 re.compile(r"/crm/v4/associations/(?P<from_type>[\w-]+)/(?P<to_type>[\w-]+)/batch/read"),
@@ -409,6 +437,73 @@ class HubSpot(Service):
         if end < min(len(rows), SEARCH_RESULT_CAP):
             paging["paging"] = {"next": {"after": str(end)}}
         return page_response(results, total=len(rows), **paging)
+
+    def _batch_read(self, request: Request) -> Response:
+        """Live records by id with the requested properties; ids not found (archived, unknown or not
+        ids at all) make a 207 with HubSpot's OBJECT_NOT_FOUND error naming them."""
+        object_type = _requested_type(request.params["object_type"])
+        body = request.json()
+        inputs = _batch_inputs(body)
+        properties = body.get("properties") or None
+        if properties is not None and not (
+            isinstance(properties, list) and all(isinstance(p, str) for p in properties)
+        ):
+            raise ApiError(400, "properties must be a list of property names.", "VALIDATION_ERROR")
+        started_at = _now()
+        requested = [str(item.get("id", "")) for item in inputs]
+        table = self._tables[object_type]
+        found = _live_rows(table.frame, requested)
+        results = self._render(object_type, table, found, properties, [], archived=False)
+        missing = _not_found(table.frame, found, requested)
+        return self._batch_response(object_type, "get", results, missing, started_at)
+
+    def _batch_update(self, request: Request) -> Response:
+        """Set properties on live records by id, as HubSpot does: the whole batch is refused (400) for a
+        property that does not exist, is read-only or gets a value its type does not take, or for a
+        duplicate id; ids not found make a 207 naming them while the others are updated."""
+        object_type = _requested_type(request.params["object_type"])
+        inputs = _batch_inputs(request.json())
+        schema = {prop.name: prop for prop in self._tables[object_type].schema}
+        values: dict[str, dict[str, str | None]] = {}
+        for item in inputs:
+            record_id, properties = str(item.get("id", "")), item.get("properties")
+            if not isinstance(properties, dict):
+                raise ApiError(400, f"Input {record_id!r} has no properties object.", "VALIDATION_ERROR")
+            if record_id in values:
+                raise ApiError(400, f"Duplicate IDs found in batch input: [{record_id}]", "VALIDATION_ERROR")
+            values[record_id] = {name: _stored_value(schema, name, value) for name, value in properties.items()}
+        started_at = _now()
+        table = self._tables[object_type]
+        found = _live_rows(table.frame, list(values))
+        found_ids = table.frame["id"][found].to_list()
+        missing = _not_found(table.frame, found, list(values))
+        if found_ids:
+            self.write(object_type, {record_id: values[str(record_id)] for record_id in found_ids}, datetime.now(UTC))
+        table = self._tables[object_type]
+        rows = _live_rows(table.frame, [str(record_id) for record_id in found_ids])
+        written = list(dict.fromkeys(name for properties in values.values() for name in properties))
+        results = self._render(object_type, table, rows, written, [], archived=False)
+        return self._batch_response(object_type, "update", results, missing, started_at)
+
+    @staticmethod
+    def _batch_response(
+        object_type: str, verb: str, results: list[str], missing: list[str], started_at: str
+    ) -> Response:
+        fields: dict[str, Any] = {"status": "COMPLETE"}
+        if missing:
+            singular = SINGULAR[object_type].upper()
+            error = {
+                "status": "error",
+                "category": "OBJECT_NOT_FOUND",
+                "message": f"Could not {verb} some {singular} objects, they may be deleted or not exist. "
+                "Check that ids are valid.",
+                "context": {"ids": missing},
+                "errors": [],
+            }
+            fields |= {"numErrors": 1, "errors": [error]}
+        response = page_response(results, **fields, startedAt=started_at, completedAt=_now())
+        response.status = 207 if missing else 200
+        return response
 
     def _read_associations(self, request: Request) -> Response:
         from_type = _requested_type(request.params["from_type"])
@@ -555,11 +650,67 @@ def _association_inputs(inputs: list[Any]) -> Iterable[tuple[int, str | None]]:
 
 
 def _required_scopes(request: Request) -> set[str]:
-    """The read scopes of the object types a request names in its path (their schemas for properties)."""
+    """The scopes of the object types a request names in its path (their schemas for properties):
+    write for a batch update, read otherwise."""
     named = (request.params.get(key) for key in ("object_type", "from_type", "to_type"))
     types = {OBJECT_TYPE_NAMES[name.lower()] for name in named if name and name.lower() in OBJECT_TYPE_NAMES}
     kind = "schemas" if request.path.startswith("/crm/v3/properties/") else "objects"
-    return {f"crm.{kind}.{name}.read" for name in types}
+    access = "write" if request.path.endswith("/batch/update") else "read"
+    return {f"crm.{kind}.{name}.{access}" for name in types}
+
+
+def _batch_inputs(body: Any) -> list[dict[str, Any]]:
+    """A v3 object batch's `inputs`: a list of at most OBJECT_BATCH_MAX_INPUTS objects."""
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(item, dict) for item in inputs):
+        raise ApiError(400, "Expected a body with an 'inputs' list of objects.", "VALIDATION_ERROR")
+    if len(inputs) > OBJECT_BATCH_MAX_INPUTS:
+        raise ApiError(
+            400,
+            f"Batch input size {len(inputs)} exceeds the maximum of {OBJECT_BATCH_MAX_INPUTS}.",
+            "VALIDATION_ERROR",
+        )
+    return inputs
+
+
+def _live_rows(frame: pl.DataFrame, ids: list[str]) -> pl.Series:
+    """Row numbers of the live records among `ids` (text, as sent), in id order."""
+    wanted = [int(record_id) for record_id in ids if record_id.isdigit()]
+    return _matching_rows(frame, ~pl.col("archived") & pl.col("id").is_in(wanted))
+
+
+def _not_found(frame: pl.DataFrame, found: pl.Series, ids: list[str]) -> list[str]:
+    present = {str(record_id) for record_id in frame["id"][found].to_list()}
+    return [record_id for record_id in dict.fromkeys(ids) if record_id not in present]
+
+
+def _stored_value(schema: dict[str, Property], name: str, value: Any) -> str | None:
+    """What HubSpot stores for a written value: "" or null clears; numbers must parse; datetimes are
+    taken as epoch milliseconds or ISO-8601 and kept as ISO with milliseconds; dates as YYYY-MM-DD
+    or midnight UTC in milliseconds, kept as YYYY-MM-DD. Anything else refuses the batch."""
+    prop = schema.get(name)
+    if prop is None:
+        raise ApiError(400, f'Property values were not valid: Property "{name}" does not exist', "VALIDATION_ERROR")
+    if name in READ_ONLY_PROPERTIES:
+        raise ApiError(400, f'Property values were not valid: "{name}" is a read only property', "VALIDATION_ERROR")
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    try:
+        if prop.type == "number":
+            float(text)
+        elif prop.type in ("datetime", "date"):
+            moment = EPOCH + timedelta(milliseconds=int(text)) if text.isdigit() else datetime.fromisoformat(text)
+            if prop.type == "date":
+                if text.isdigit() and moment.time() != datetime.min.time():
+                    raise ValueError("not midnight UTC")
+                return moment.date().isoformat()
+            return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400, f'Property values were not valid: {text!r} is not a valid {prop.type} for "{name}"', "VALIDATION_ERROR"
+        ) from None
+    return text
 
 
 def _known(object_type: str) -> str:
