@@ -45,6 +45,7 @@ from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables, ReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
+from revenue_pipelines.lib.destinations.hubspot import HubSpotWriteBack
 from revenue_pipelines.lib.destinations.postgres import PostgresDestinationWriter
 from revenue_pipelines.lib.destinations.slack import SlackRouteWriter
 from revenue_pipelines.lib.destinations.webhook import SECRETS_VARIABLE, WebhookResource
@@ -72,6 +73,7 @@ DEFAULT_ROUTES_PATH = Path(__file__).parent / "routes.yaml"
 ROUTE_SETTINGS = {
     "slack": "Slack is on: SLACK_BOT_TOKEN and SLACK_CHANNEL set, REVENUE_PIPELINES_SLACK not off",
     "postgres": "ROUTES_PG_HOST set, with ROUTES_PG_DB, ROUTES_PG_USERNAME, ROUTES_PG_PASSWORD (ROUTES_PG_PORT)",
+    "hubspot": "HUBSPOT_ACCESS_TOKEN (always available; the token needs crm.objects.<object>.write)",
     "webhook": f"{SECRETS_VARIABLE} set: route=whsec_... for each webhook route (and, in PROD, ROUTES_DEAD_LETTER_DIR)",
 }
 """What makes each destination kind of the routes available, for the warning when it is not."""
@@ -103,6 +105,7 @@ class Environment:
     route_slack: SlackRouteWriter | None = None
     route_postgres: PostgresDestinationWriter | None = None
     route_webhook: WebhookResource | None = None
+    route_hubspot: HubSpotWriteBack | None = None
     """The writer of each destination kind (`route_<kind>`), None where the kind is not available."""
 
     def route_writer(self, kind: str) -> dg.ConfigurableResource | None:
@@ -180,12 +183,13 @@ def _resources(settings: _Settings) -> Environment:
     )
     data_dir = settings.value("REVENUE_PIPELINES_DATA_DIR", local="data", prod=None)
     slack = _slack(settings)
+    hubspot = HubSpotResource(
+        access_token=settings.secret("HUBSPOT_ACCESS_TOKEN"),
+        host=settings.value("HUBSPOT_HOST", local=SANDBOX_URL, prod="https://api.hubapi.com"),
+    )
     return Environment(
         name=settings.name,
-        hubspot=HubSpotResource(
-            access_token=settings.secret("HUBSPOT_ACCESS_TOKEN"),
-            host=settings.value("HUBSPOT_HOST", local=SANDBOX_URL, prod="https://api.hubapi.com"),
-        ),
+        hubspot=hubspot,
         salesforce=SalesforceResource(
             token_url=settings.value(
                 "SALESFORCE_TOKEN_URL",
@@ -263,6 +267,7 @@ def _resources(settings: _Settings) -> Environment:
         route_slack=SlackRouteWriter(slack=slack) if slack else None,
         route_postgres=_route_postgres(settings),
         route_webhook=_route_webhook(settings, data_dir),
+        route_hubspot=HubSpotWriteBack(hubspot=hubspot),
     )
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from revenue_pipelines.defs.revenue.marts import ACCOUNTS_KEY, PIPELINE_KEY
 from revenue_pipelines.defs.revenue.metrics import ATTRIBUTION_KEY, METRICS_KEY
 from revenue_pipelines.lib.config_files import ConfigProblem, load_items
+from revenue_pipelines.lib.destinations.hubspot import HubSpotDestination
 from revenue_pipelines.lib.destinations.postgres import PostgresDestination
 from revenue_pipelines.lib.destinations.slack import SlackDestination
 from revenue_pipelines.lib.destinations.webhook import WebhookDestination
@@ -29,7 +30,9 @@ ROUTABLE = {key.to_user_string(): key for key in (ACCOUNTS_KEY, PIPELINE_KEY, ME
 ROUTE_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 LIST_KEY = "routes"
 
-Destination = Annotated[SlackDestination | WebhookDestination | PostgresDestination, Field(discriminator="kind")]
+Destination = Annotated[
+    SlackDestination | WebhookDestination | PostgresDestination | HubSpotDestination, Field(discriminator="kind")
+]
 
 
 class Route(BaseModel):
