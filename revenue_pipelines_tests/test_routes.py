@@ -168,6 +168,10 @@ routes:
     columns: [ingestion_date, account_id, arr_usd]
     where: segment = 'Enterprise'
     send: changed_rows
+  - name: company_arr
+    source: revenue/marts/account_records
+    destination: {kind: hubspot, id_column: record_id, properties: {arr_usd: arr_usd, revenue_segment: segment}}
+    where: system = 'hubspot'
 """
 
 
@@ -175,8 +179,11 @@ def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_th
     sandbox_factory, monkeypatch, tmp_path, postgres
 ):
     """A Slack message per day (a re-run updates it), a PostgreSQL table (a re-run changes no row) and
-    signed webhook batches of the rows changed since the day before (a re-run sends the same ids)."""
+    signed webhook batches of the rows changed since the day before (a re-run sends the same ids), and
+    each HubSpot company's account figures written back into its own properties (a re-run writes none)."""
     sandbox = sandbox_factory(seed=11, companies=40, days=2, bigquery=True)
+    sandbox.hubspot.add_property("companies", "arr_usd", None, type="number")  # custom properties made for it
+    sandbox.hubspot.add_property("companies", "revenue_segment", None, type="string")
     sink = WebhookSink()
     routes_db = {name.replace("DAGSTER_PG_", "ROUTES_PG_"): value for name, value in postgres.items()}
     env = {
@@ -188,7 +195,12 @@ def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_th
         routes, _ = load_routes(write(tmp_path, TWO_ROUTES.replace("SINK", sink.url)))
         assets = [route_asset(route) for route in routes]
         keys = [asset.key.to_user_string() for asset in assets]
-        assert keys == ["routes/slack/enterprise", "routes/postgres/enterprise_table", "routes/webhook/enterprise_hook"]
+        assert keys == [
+            "routes/slack/enterprise",
+            "routes/postgres/enterprise_table",
+            "routes/webhook/enterprise_hook",
+            "routes/hubspot/company_arr",
+        ]
         assert {asset.group_names_by_key[asset.key] for asset in assets} == {"routes"}
         with dg.DagsterInstance.ephemeral() as instance:
             environment, result = run_main_job(sandbox, monkeypatch, instance, FIRST, END, env=env)
@@ -240,10 +252,24 @@ def test_routes_deliver_each_days_selected_rows_once_and_their_checks_compare_th
     assert got.sort(PARTITION_COLUMN, "account_id").equals(changed.sort(PARTITION_COLUMN, "account_id"))
     assert sink.duplicates == len(sink.accepted())  # the re-run sent the same batches, with the same ids
 
+    # Each live HubSpot company holds its account's figures of the last day; the re-run wrote nothing.
+    records = read_layer(tmp_path / "data", "revenue", "marts", "account_records").filter(pl.col("system") == "hubspot")
+    last = records.filter(pl.col(PARTITION_COLUMN) == END).select(
+        pl.col("record_id").alias("id"), pl.col("arr_usd").alias("expected_arr"), "segment"
+    )
+    truth = sandbox.hubspot.truth("companies").with_columns(pl.col("id").cast(pl.Utf8)).join(last, on="id")
+    assert truth.height == last.height > 0
+    assert truth["arr_usd"].cast(pl.Float64).to_list() == truth["expected_arr"].to_list()
+    assert truth["revenue_segment"].to_list() == truth["segment"].to_list()
+    written = runs[1].asset_materializations_for_node("routes__hubspot__company_arr")[0].metadata["answer"].value
+    assert written["updated"] == 0 and written["changed"] == 0
+
     for run in runs:
         checks = run.get_asset_check_evaluations()
         evaluations = {e.asset_key.path[1]: e for e in checks if e.check_name == ROWS_DELIVERED}
-        assert all(e.passed for e in evaluations.values()) and len(evaluations) == 3
+        assert all(e.passed for e in evaluations.values()) and len(evaluations) == 4
+        # HubSpot keeps one value per property: a range writes its last day only.
+        assert evaluations["hubspot"].metadata["rows_confirmed"].value == last.height
         assert evaluations["slack"].metadata["rows_confirmed"].value == enterprise.height
         assert evaluations["postgres"].metadata["rows_confirmed"].value == enterprise.height
         assert evaluations["webhook"].metadata["rows_confirmed"].value == changed.height

@@ -5,7 +5,7 @@ from datetime import UTC, timedelta
 import dagster as dg
 
 from revenue_pipelines.defs.revenue.identity import account_identity
-from revenue_pipelines.defs.revenue.marts import accounts, pipeline
+from revenue_pipelines.defs.revenue.marts import account_records, accounts, pipeline
 from revenue_pipelines.defs.revenue.metrics import channel_attribution, daily_revenue_metrics
 from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.partitions import DAILY_INGESTION
@@ -41,7 +41,7 @@ def daily_revenue_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReque
 
 
 defs = dg.Definitions(
-    assets=[account_identity, pipeline, accounts, daily_revenue_metrics, channel_attribution],
+    assets=[account_identity, pipeline, accounts, account_records, daily_revenue_metrics, channel_attribution],
     jobs=[daily_revenue_job],
     schedules=[daily_revenue_schedule],
     resources={"reference": get_environment().reference},

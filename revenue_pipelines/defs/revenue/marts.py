@@ -27,6 +27,7 @@ from revenue_pipelines.lib.raw_assets import OWNERS
 
 PIPELINE_KEY = dg.AssetKey(["revenue", "marts", "pipeline"])
 ACCOUNTS_KEY = dg.AssetKey(["revenue", "marts", "accounts"])
+ACCOUNT_RECORDS_KEY = dg.AssetKey(["revenue", "marts", "account_records"])
 HUBSPOT_DEALS = dg.AssetKey(["hubspot", "core", "deals"])
 SALESFORCE_OPPORTUNITIES = dg.AssetKey(["salesforce", "core", "opportunities"])
 SALESFORCE_USERS = dg.AssetKey(["salesforce", "core", "users"])
@@ -634,3 +635,38 @@ def accounts(
         },
     )
     return dg.MaterializeResult(value=frame)
+
+
+@dg.asset(
+    key=ACCOUNT_RECORDS_KEY,
+    description=(
+        "One row per record of each system (Salesforce account, HubSpot company, billing account) and day, with "
+        "its account's row of revenue/marts/accounts: what write-back routes send into each system's own records "
+        "(the record's id is record_id, its system is system)."
+    ),
+    ins={"identity": dg.AssetIn(IDENTITY_KEY), "accounts": dg.AssetIn(ACCOUNTS_KEY)},
+    **MART_DEFAULTS,
+)
+def account_records(
+    context: dg.AssetExecutionContext, identity: pl.LazyFrame, accounts: pl.LazyFrame
+) -> dg.MaterializeResult:
+    frame = account_records_frame(identity, accounts).collect(engine="streaming")
+    describe_each_day(
+        context,
+        frame,
+        lambda day_records, _: {
+            "records": day_records.height,
+            "by_system": dg.MetadataValue.json(dict(day_records["system"].value_counts().sort("system").iter_rows())),
+        },
+    )
+    return dg.MaterializeResult(value=frame)
+
+
+def account_records_frame(identity: pl.LazyFrame, accounts: pl.LazyFrame) -> pl.LazyFrame:
+    """Each day's identity rows (system, record_id, account_id) with their account's figures."""
+    keys = [PARTITION_COLUMN, "account_id"]
+    return (
+        identity.select(*keys, "system", "record_id")
+        .join(accounts, on=keys, how="inner")
+        .sort(PARTITION_COLUMN, "system", "record_id")
+    )

@@ -20,6 +20,9 @@ from revenue_pipelines.lib.raw_assets import OWNERS
 
 ROWS_DELIVERED = "rows_delivered"
 DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
+CURRENT_VALUE_KINDS = {"hubspot"}
+"""Destinations that hold one current value per record, not a history: a range run delivers only its
+last day, since writing each day in turn would end where the last day does, after needless writes."""
 RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
@@ -71,7 +74,8 @@ def route_asset(route: Route) -> dg.AssetsDefinition:
         writer = getattr(context.resources, writer_key(route.kind))
         selected_rows: dict[str, int] = {}
         deliveries: dict[str, Delivery] = {}
-        for partition_key in context.partition_keys:
+        keys = context.partition_keys
+        for partition_key in keys[-1:] if route.kind in CURRENT_VALUE_KINDS else keys:
             frame = select_rows(rows, route, date.fromisoformat(partition_key))
             selected_rows[partition_key] = frame.height
             deliveries[partition_key] = writer.deliver(

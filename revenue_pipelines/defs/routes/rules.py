@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from revenue_pipelines.defs.revenue.marts import ACCOUNTS_KEY, PIPELINE_KEY
+from revenue_pipelines.defs.revenue.marts import ACCOUNT_RECORDS_KEY, ACCOUNTS_KEY, PIPELINE_KEY
 from revenue_pipelines.defs.revenue.metrics import ATTRIBUTION_KEY, METRICS_KEY
 from revenue_pipelines.lib.config_files import ConfigProblem, load_items
 from revenue_pipelines.lib.destinations.hubspot import HubSpotDestination
@@ -25,7 +25,9 @@ from revenue_pipelines.lib.destinations.postgres import PostgresDestination
 from revenue_pipelines.lib.destinations.slack import SlackDestination
 from revenue_pipelines.lib.destinations.webhook import WebhookDestination
 
-ROUTABLE = {key.to_user_string(): key for key in (ACCOUNTS_KEY, PIPELINE_KEY, METRICS_KEY, ATTRIBUTION_KEY)}
+ROUTABLE = {
+    key.to_user_string(): key for key in (ACCOUNTS_KEY, ACCOUNT_RECORDS_KEY, PIPELINE_KEY, METRICS_KEY, ATTRIBUTION_KEY)
+}
 """The assets a route may deliver: the marts, whose partitions are whole days as of the day's end."""
 ROUTE_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 LIST_KEY = "routes"
