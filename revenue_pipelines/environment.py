@@ -31,6 +31,7 @@ shows their values (PROD checks only that they are set).
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -102,6 +103,8 @@ class Environment:
     crm_change_sensor_interval_seconds: int = DEFAULT_CRM_CHANGE_SENSOR_INTERVAL_SECONDS
     routes_path: Path = DEFAULT_ROUTES_PATH
     """The routes file, or a folder of them (`REVENUE_PIPELINES_ROUTES`)."""
+    config_variables: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """What `${NAME}` in a configuration file (routes) stands for: the process environment."""
     route_slack: SlackRouteWriter | None = None
     route_postgres: PostgresDestinationWriter | None = None
     route_webhook: WebhookResource | None = None
@@ -264,6 +267,7 @@ def _resources(settings: _Settings) -> Environment:
             "days",
         ),
         routes_path=Path(settings.value("REVENUE_PIPELINES_ROUTES", local=None, prod=None) or DEFAULT_ROUTES_PATH),
+        config_variables=dict(os.environ),
         route_slack=SlackRouteWriter(slack=slack) if slack else None,
         route_postgres=_route_postgres(settings),
         route_webhook=_route_webhook(settings, data_dir),

@@ -225,6 +225,12 @@ def test_a_route_without_a_usable_secret_fails_naming_the_variable_and_sends_not
     assert sink.requests.count() == 0
 
 
+def test_a_route_not_named_signs_with_the_secret_every_route_shares(sink, resource):
+    shared = resource.model_copy(update={"signing_secrets": f"other=whsec_c2VjcmV0c2VjcmV0c2VjcmV0,*={sink.secret}"})
+    delivery = deliver(shared, mart(), sink)
+    assert delivery.rows == 25 and len(sink.rows()) == 25  # the sink accepts only what its secret signed
+
+
 def test_the_destination_block_is_strict():
     with pytest.raises(ValueError, match="batch_size"):
         WebhookDestination(kind="webhook", url="http://127.0.0.1/hook", batch_size=10_001)

@@ -108,6 +108,26 @@ def test_a_file_that_is_not_a_routes_file_says_so(tmp_path, text, line, expected
     assert problem.line == line and expected in problem.expected
 
 
+def test_settings_of_the_environment_fill_in_values_and_an_unset_one_is_reported(tmp_path):
+    text = """\
+routes:
+  - name: hook
+    source: revenue/marts/accounts
+    destination: {kind: webhook, url: "${HOOKS_URL}/accounts", batch_size: "${BATCH:-50}"}
+  - name: unset
+    source: revenue/marts/accounts
+    destination:
+      kind: webhook
+      url: ${NOWHERE_URL}
+"""
+    routes, problems = load_routes(write(tmp_path, text), {"HOOKS_URL": "https://hooks.example.com"})
+    [route] = routes
+    assert (str(route.destination.url), route.destination.batch_size) == ("https://hooks.example.com/accounts", 50)
+    [problem] = problems
+    assert (problem.line, problem.field) == (9, "routes[1].destination.url")
+    assert problem.expected == "${NOWHERE_URL} is not set in the environment"
+
+
 def test_a_folder_of_files_is_read_in_name_order(tmp_path):
     write(tmp_path, GOOD, "b.yaml")
     write(

@@ -4,17 +4,23 @@ A mistake in a hand-written file should read like a compiler's: the file, the li
 what was expected. PyYAML's node tree keeps each value's line; pydantic's errors name the path to
 the field; `load_items` joins the two. Each item of a file's top-level list is validated on its own,
 so one wrong item is reported without hiding the others.
+
+A string value may name settings of the environment, `${NAME}` or `${NAME:-default}` (an address
+that differs between the sandbox and production, say). Never a secret: the values end up in the UI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,11 @@ class ConfigError(ValueError):
 
 
 def load_items[M: BaseModel](
-    path: Path, list_key: str, model: type[M], context: dict[str, Any] | None = None
+    path: Path, list_key: str, model: type[M], variables: Mapping[str, str] | None = None
 ) -> tuple[list[tuple[M, int]], list[ConfigProblem]]:
     """The valid items of the list under `list_key` in the file at `path`, each with its line, and
     the problems of the others (or of the whole file: unreadable, not YAML, no such list), each at
-    its line. `context` is passed to the model's validators."""
+    its line. `${NAME}` in a string takes its value from `variables`."""
     try:
         text = path.read_text()
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -60,13 +66,48 @@ def load_items[M: BaseModel](
     valid: list[tuple[M, int]] = []
     problems: list[ConfigProblem] = []
     for index, (item, node) in enumerate(zip(items, items_node.value, strict=True)):
+        unset: list[ConfigProblem] = []
+        item = _substituted(item, node, variables or {}, path, f"{list_key}[{index}]", unset)
+        if unset:
+            problems += unset
+            continue
         try:
-            valid.append((model.model_validate(item, context=context), node.start_mark.line + 1))
+            valid.append((model.model_validate(item), node.start_mark.line + 1))
         except ValidationError as error:
             for detail in error.errors(include_url=False):
                 line, field = _locate(node, f"{list_key}[{index}]", list(detail["loc"]))
                 problems.append(ConfigProblem(path, line, field, _expected(detail)))
     return valid, problems
+
+
+def _substituted(
+    value: Any, node: yaml.Node | None, variables: Mapping[str, str], path: Path, field: str, unset: list[ConfigProblem]
+) -> Any:
+    """`value` with `${NAME}` in its strings replaced; a name neither set nor defaulted is a problem."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in variables and variables[name] != "":
+                return variables[name]
+            if default is not None:
+                return default
+            line = node.start_mark.line + 1 if node is not None else 1
+            unset.append(ConfigProblem(path, line, field, f"${{{name}}} is not set in the environment"))
+            return match.group(0)
+
+        return VARIABLE.sub(replace, value)
+    if isinstance(value, dict):
+        return {
+            key: _substituted(item, _child(node, key) if node else None, variables, path, f"{field}.{key}", unset)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _substituted(item, _child(node, i) if node else None, variables, path, f"{field}[{i}]", unset)
+            for i, item in enumerate(value)
+        ]
+    return value
 
 
 def _child(node: yaml.Node, key: str | int) -> yaml.Node | None:

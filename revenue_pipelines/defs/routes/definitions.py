@@ -16,7 +16,7 @@ from revenue_pipelines.environment import ROUTE_SETTINGS, get_environment
 log = logging.getLogger("revenue_pipelines.routes")
 
 environment = get_environment()
-routes, problems = load_routes(environment.routes_path)
+routes, problems = load_routes(environment.routes_path, environment.config_variables)
 for problem in problems:
     log.warning(f"a route is left out: {problem}")
 served = []

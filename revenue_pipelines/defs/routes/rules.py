@@ -11,6 +11,7 @@ that route is left out: the rest of the code location loads (see `docs/routes.md
 """
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -107,13 +108,14 @@ def route_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.yaml")) if path.is_dir() else [path]
 
 
-def load_routes(path: Path) -> tuple[list[Route], list[ConfigProblem]]:
+def load_routes(path: Path, variables: Mapping[str, str] | None = None) -> tuple[list[Route], list[ConfigProblem]]:
     """Every valid route of the file or folder at `path`, and every problem, each at its file and line.
-    A route whose name another route has already taken is a problem too (its asset would collide)."""
+    A route whose name another route has already taken is a problem too (its asset would collide).
+    `${NAME}` in a value is the setting NAME of `variables`."""
     routes: list[Route] = []
     problems: list[ConfigProblem] = []
     for file in route_files(path):
-        valid, found = load_items(file, LIST_KEY, Route)
+        valid, found = load_items(file, LIST_KEY, Route, variables)
         problems += found
         for route, line in valid:
             if any(taken.name == route.name for taken in routes):

@@ -46,6 +46,7 @@ from revenue_pipelines.lib.destinations import Delivery
 from revenue_pipelines.lib.http import Attempts, send_with_retries, transport_retry
 
 SECRETS_VARIABLE = "ROUTE_WEBHOOK_SECRETS"
+ANY_ROUTE = "*"
 EVENT_TYPE = "route.batch"
 # Throttling, timeouts, conflicts and "too early" pass; any other 4xx will be refused again.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, *range(500, 600)})
@@ -165,16 +166,18 @@ class WebhookResource(dg.ConfigurableResource):
         )
 
     def _signer(self, route: str) -> Webhook:
-        """The route's signer; a route without a usable secret fails the run, naming the variable only."""
+        """The route's signer (its own secret, else the `*=` one every route shares); a route without a
+        usable secret fails the run, naming the variable only."""
         pairs = (entry.partition("=") for entry in self.signing_secrets.split(","))
         secrets = {name.strip(): secret.strip() for name, separator, secret in pairs if separator}
-        if route not in secrets:
+        secret = secrets.get(route, secrets.get(ANY_ROUTE))
+        if secret is None:
             raise dg.Failure(
                 f"No webhook signing secret for route {route!r}: add `{route}=whsec_...` to {SECRETS_VARIABLE}.",
                 allow_retries=False,
             )
         try:
-            return Webhook(secrets[route])
+            return Webhook(secret)
         except (ValueError, EmptyWebhookSecretError) as error:  # binascii.Error is a ValueError
             raise dg.Failure(
                 f"The webhook signing secret for route {route!r} in {SECRETS_VARIABLE} is not a whsec_ "
