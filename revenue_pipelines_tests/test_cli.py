@@ -76,6 +76,10 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
     digest_at = lines.index(next(line for line in lines if line.startswith("Slack digest posted to #revenue")))
     assert lines[digest_at + 1].startswith("Revenue digest for ") and "New pipeline:" in lines[digest_at + 2]
     chart = _line_of(lines, "Chart sent with it: ").removeprefix("Chart sent with it: ")
+    # The project's example routes, each with where it delivered and its check.
+    assert "Routes delivered:" in lines
+    for route in ("routes/slack/enterprise_accounts_digest", "routes/webhook/accounts_changes"):
+        assert _line_of(lines, f"{route}: ").endswith("rows_delivered: passed")
     assert (ROOT / chart).is_file()  # the demo runs in ROOT
 
     # What landed reconciles with the demo sandbox's ground truth.

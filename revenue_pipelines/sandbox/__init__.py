@@ -54,6 +54,7 @@ from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
 from revenue_pipelines.sandbox.slack import Slack
+from revenue_pipelines.sandbox.webhook_sink import WebhookSink
 from revenue_pipelines.sandbox.webhooks import LiveChanges, Webhooks
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
 class _Listeners(NamedTuple):
     hubspot: ApiServer  # GA4, Slack and BigQuery's token endpoint too
     salesforce: ApiServer
+    webhook_sink: WebhookSink
     files: Path
     """A private directory for the CA bundle, the token store and BigQuery's data, removed when the sandbox stops."""
 
@@ -109,6 +111,9 @@ class Sandbox:
     `SLACK_API_URL`, `SLACK_BOT_TOKEN`, a token made for this sandbox, and `SLACK_CHANNEL`, the id of
     `#revenue`, which the bot is in); it records every post, update and upload. `slack_rate_limit_per_minute`
     limits each method per token (Slack's tier 3 is about 50); off by default.
+
+    `self.webhook_sink` receives what routes of kind `webhook` send (`env()` gives `ROUTES_WEBHOOK_URL`
+    and, as the secret of every route, `ROUTE_WEBHOOK_SECRETS`); it checks each batch's signature.
     """
 
     def __init__(
@@ -223,6 +228,8 @@ class Sandbox:
             # Tokens granted by this sandbox's org mean nothing to the next one: they go with it.
             "REVENUE_PIPELINES_TOKEN_DIR": str(self._running().files / "tokens"),
             **self.webhooks.env(),  # what a receiver needs to accept the CRMs' webhooks
+            "ROUTES_WEBHOOK_URL": self.webhook_sink.url,
+            "ROUTE_WEBHOOK_SECRETS": f"*={self.webhook_sink.secret}",  # `*`: every route's secret
             **(self.bigquery.env() if self.bigquery else {}),
         }
 
@@ -237,11 +244,13 @@ class Sandbox:
             except OSError:
                 hubspot.server_close()
                 raise
+            sink = WebhookSink(host=self._host)
             files = Path(tempfile.mkdtemp(prefix="revenue-pipelines-sandbox-"))
             self._ca.cert_pem.write_to_path(str(files / "ca.pem"))
-            self._listeners = _Listeners(hubspot, salesforce, files)
+            self._listeners = _Listeners(hubspot, salesforce, sink, files)
             hubspot.start()
             salesforce.start()
+            sink.__enter__()
             if self.bigquery:
                 try:
                     self.bigquery.start(files / "bigquery", token_uri=f"{hubspot.url}/token")
@@ -258,8 +267,13 @@ class Sandbox:
                 self.bigquery.stop()
             self._listeners.hubspot.stop()
             self._listeners.salesforce.stop()
+            self._listeners.webhook_sink.__exit__(None, None, None)
             shutil.rmtree(self._listeners.files, ignore_errors=True)
             self._listeners = None
+
+    @property
+    def webhook_sink(self) -> WebhookSink:
+        return self._running().webhook_sink
 
     def _running(self) -> _Listeners:
         if self._listeners is None:
