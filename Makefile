@@ -58,3 +58,4 @@ bench: install
 	$(RUN) python -m bench.ga4_generate
 	$(RUN) python -m bench.receiver
 	$(RUN) python -m bench.fail_fast
+	$(RUN) python -m bench.routes

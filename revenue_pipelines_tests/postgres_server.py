@@ -34,7 +34,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, str]]:
+    """A throwaway cluster for the module's tests; its DAGSTER_PG_* settings."""
+    with throwaway_cluster() as settings:
+        yield settings
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[dict[str, str]]:
     """A fresh cluster on a loopback port, password-protected like a real one; its DAGSTER_PG_* settings.
+    Stopped and deleted on exit (the benches use it too).
 
     PostgreSQL refuses to run as root, so under root the server runs as the `postgres` user.
     """
