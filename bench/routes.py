@@ -10,7 +10,8 @@ PostgreSQL at least 100,000 rows/s, webhooks at least 20,000 rows/s to a local r
 
 - parquet: `polars.DataFrame.write_parquet` to a temporary folder.
 - postgres: `PostgresDestinationWriter` into a throwaway PostgreSQL cluster (first delivery: all inserts).
-- webhook: `WebhookResource` to the sandbox's signature-checking sink, batches of 1,000.
+- webhook: `WebhookResource` to the sandbox's signature-checking sink (in a process of its own),
+  batches of 1,000.
 """
 
 import argparse
@@ -27,6 +28,8 @@ from datetime import date
 from pathlib import Path
 
 import polars as pl
+
+from revenue_pipelines.lib.processes import die_with_this_process
 
 ROWS = 1_000_000
 LOG = logging.getLogger("bench.routes")
@@ -92,13 +95,33 @@ def _postgres(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
 
 @contextlib.contextmanager
 def _webhook(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
+    """The sink in a process of its own: it keeps every row it accepts, which is not the sender's memory."""
     from revenue_pipelines.lib.destinations.webhook import WebhookDestination, WebhookResource
+
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.routes", "--serve-sink"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_this_process(),
+    )
+    try:
+        url, secret = sink.stdout.readline().split()
+        sender = WebhookResource(signing_secrets=f"*={secret}", dead_letter_dir=str(folder / "dead"))
+        destination = WebhookDestination(kind="webhook", url=f"{url}/accounts", batch_size=1_000)
+        yield lambda frame: _confirmed(frame, sender.deliver(frame, destination, **DELIVERY))
+    finally:
+        sink.stdin.close()
+        sink.wait(30)
+
+
+def _serve_sink() -> None:
+    """Serve a webhook sink until stdin closes; its URL and secret first, on one line."""
     from revenue_pipelines.sandbox.webhook_sink import WebhookSink
 
     with WebhookSink() as sink:
-        sender = WebhookResource(signing_secrets=f"*={sink.secret}", dead_letter_dir=str(folder / "dead"))
-        destination = WebhookDestination(kind="webhook", url=f"{sink.url}/accounts", batch_size=1_000)
-        yield lambda frame: _confirmed(frame, sender.deliver(frame, destination, **DELIVERY))
+        print(sink.url, sink.secret, flush=True)
+        sys.stdin.read()
 
 
 def _confirmed(frame: pl.DataFrame, delivery) -> None:
@@ -111,9 +134,6 @@ DELIVERY = {"route": "bench", "partition_key": "2026-11-20", "log": LOG}
 
 def _import_writers() -> None:
     """The libraries every case loads, before the baseline is taken."""
-    import revenue_pipelines.lib.destinations.postgres
-    import revenue_pipelines.lib.destinations.webhook
-    import revenue_pipelines.sandbox.webhook_sink  # noqa: F401
 
 
 def _rss_mb() -> float:
@@ -125,7 +145,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--case", choices=DESTINATIONS, help=argparse.SUPPRESS)  # one case, in a child process
+    parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)  # the webhook case's receiver
     args = parser.parse_args()
+    if args.serve_sink:
+        _serve_sink()
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args.rows)))
         return
