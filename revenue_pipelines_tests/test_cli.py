@@ -153,7 +153,9 @@ def test_the_demo_prints_a_failed_error_check_as_failed_and_a_failed_warn_check_
 
 
 @pytest.mark.timeout(900)
-def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(sandbox_factory, monkeypatch):
+def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emulator(
+    sandbox_factory, monkeypatch, tmp_path
+):
     """PROD's resources, read from the environment as `dagster job execute` reads them, run in this process.
 
     The defs modules bound the resources of the environment they were first imported in (LOCAL's, in
@@ -168,7 +170,11 @@ def test_the_main_job_runs_in_prod_mode_against_the_sandbox_and_the_bigquery_emu
             instance,
             first,
             END,
-            env={"REVENUE_PIPELINES_ENV": "prod", "DAGSTER_WEBSERVER_URL": "https://dagster.example.com"},
+            env={
+                "REVENUE_PIPELINES_ENV": "prod",
+                "DAGSTER_WEBSERVER_URL": "https://dagster.example.com",
+                "ROUTES_DEAD_LETTER_DIR": str(tmp_path / "dead_letters"),  # the sandbox's webhook secret is set
+            },
         )
     assert environment.name == "prod"
     assert result.success, [event.message for event in result.all_events if event.is_failure]
