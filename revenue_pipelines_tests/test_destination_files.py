@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from revenue_pipelines.lib.destinations import sha256_checksum
 from revenue_pipelines.lib.destinations.files import MIN_PART_SIZE_BYTES, FilesDestination, FilesWriter
 from revenue_pipelines.sandbox.object_storage import ObjectStorage
 from revenue_pipelines_tests.child_process import kill, spawn
+from revenue_pipelines_tests.test_sandbox_processes import _gone_within, _kill
 
 BUCKET = "revenue-exports"
 ROUTE = "accounts_daily"
@@ -34,6 +36,16 @@ STORES = ["file", "s3", "gs"]
 LOG = logging.getLogger("test_destination_files")
 CRASH_MEGABYTES = 64  # 13 parts of 5 MiB: the upload is caught between its first part and its completion
 WAIT_SECONDS = 60.0
+OWNER = """
+import os, time
+from revenue_pipelines.sandbox.object_storage import ObjectStorage
+storage = ObjectStorage().start()
+if os.fork() == 0:  # holds the emulators' standard input open, as multiprocessing's fork would
+    time.sleep(300)
+    os._exit(0)
+print(storage._emulators.process.pid, flush=True)
+time.sleep(300)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +298,17 @@ def test_a_writer_killed_mid_write_leaves_the_previous_local_file(tmp_path):
     rerun = deliver(accounts(), str(folder))
     assert rerun.checksum == previous.checksum
     assert sorted(path.name for path in target.parent.iterdir() if not path.name.startswith(".")) == [target.name]
+
+
+def test_the_emulators_die_with_their_owner_killed_by_sigkill(tmp_path):
+    log = tmp_path / "owner.log"
+    owner = spawn([sys.executable, "-W", "ignore::DeprecationWarning", "-c", OWNER], os.environ, log)
+    emulators = None
+    try:
+        emulators = int(wait_for(lambda: log.read_text().strip(), owner, log))
+        os.kill(owner.pid, signal.SIGKILL)  # the owner alone: its fork lives on
+        owner.wait()
+        assert _gone_within([emulators], 30) == []
+    finally:
+        kill(owner)  # the fork, in the owner's process group
+        _kill([emulators] if emulators else [])
