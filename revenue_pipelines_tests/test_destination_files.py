@@ -130,6 +130,23 @@ def test_each_format_round_trips_through_each_store_and_a_rerun_writes_the_same_
     assert (again.uri, again.bytes, again.checksum) == (first.uri, first.bytes, first.checksum)
 
 
+def test_a_versioned_bucket_keeps_each_delivery_as_a_version_of_the_same_bytes(storage):
+    bucket = f"revenue-versioned-{secrets.token_hex(4)}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    first, again = (deliver(accounts(), f"s3://{bucket}/marts", "parquet") for _ in range(2))
+
+    assert first.answer["version_id"] != again.answer["version_id"]
+    key = urlsplit(first.uri).path.lstrip("/")
+    versions = [
+        s3.get_object(Bucket=bucket, Key=key, VersionId=delivery.answer["version_id"])["Body"].read()
+        for delivery in (first, again)
+    ]
+    assert versions[0] == versions[1] == read(first.uri)
+
+
 def test_parquet_bytes_do_not_depend_on_the_frames_chunks(tmp_path):
     """polars would cut row groups at chunk boundaries; past one row group the bytes would then differ."""
     frame = pl.DataFrame({"id": range(300_000), "segment": [f"s{i % 97}" for i in range(300_000)]})
