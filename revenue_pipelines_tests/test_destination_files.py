@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -231,6 +232,21 @@ def test_a_missing_local_folder_fails_at_once_naming_the_route_and_the_folder(tm
     assert ROUTE in failed.value.description and url in failed.value.description
     assert failed.value.allow_retries is False
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_an_unreachable_store_fails_without_step_retries_naming_what_sets_its_endpoint(storage):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    writer = FilesWriter(s3_endpoint_url=endpoint)
+
+    with pytest.raises(dg.Failure) as failed:  # once botocore and s3fs have retried
+        deliver(accounts(), f"s3://{BUCKET}/exports", writer=writer)
+
+    assert failed.value.allow_retries is False
+    assert f"Route {ROUTE}'s store for s3://{BUCKET}/exports/" in failed.value.description
+    assert f"unreachable at {endpoint}: the connection was refused" in failed.value.description
+    assert "s3_endpoint_url" in failed.value.description
 
 
 def test_endpoint_fields_override_the_environment(storage, base_url, monkeypatch):

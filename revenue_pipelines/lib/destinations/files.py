@@ -27,7 +27,9 @@ credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server). The endpoints
 AWS_ENDPOINT_URL and STORAGE_EMULATOR_HOST too (the sandbox's emulators set them), unless the
 resource's `s3_endpoint_url` / `gcs_endpoint_url` override them. Transient errors (throttling, 5xx,
 dropped connections) are retried by the clients (botocore's retry modes, gcsfs's backoff); a missing
-bucket, folder or permission fails the step at once, without retries, naming the route and the URL.
+bucket, folder or permission fails the step at once, without retries, naming the route and the URL, and
+so does a store still unreachable once the clients have retried (refused, DNS, TLS: `lib/http.unreachable`),
+naming what sets its endpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from revenue_pipelines.lib.destinations import Delivery
+from revenue_pipelines.lib.http import unreachable
 
 if TYPE_CHECKING:  # the clients take a second to import, and most routes write elsewhere
     from fsspec import AbstractFileSystem
@@ -60,6 +63,11 @@ PARQUET_ROW_GROUP_ROWS = 262_144  # polars' default, fixed: its own choice follo
 DEFAULT_PART_SIZE_BYTES = 50 * 2**20
 MIN_PART_SIZE_BYTES = 5 * 2**20  # S3's smallest multipart part but the last; GCS's chunks are multiples of 256 KiB
 HASH_BLOCK_BYTES = 2**20
+# Where each client sends its requests unless told otherwise: (the variable it reads, else the default).
+DEFAULT_ENDPOINTS = {
+    "s3": ("AWS_ENDPOINT_URL", "AWS's S3 endpoint for the region"),
+    "gs": ("STORAGE_EMULATOR_HOST", "https://storage.googleapis.com"),
+}
 
 WRITERS: dict[Format, Callable[[pl.DataFrame, Path], None]] = {
     "csv": lambda frame, path: frame.write_csv(path),
@@ -205,6 +213,10 @@ class FilesWriter(dg.ConfigurableResource):
                 allow_retries=False,
             ) from error
         except Exception as error:
+            if location.scheme != "file":
+                endpoint, variable = self._endpoint(location.scheme)
+                if failure := unreachable(f"Route {route}'s store for {uri}", endpoint, variable, error):
+                    raise failure from error
             error.add_note(f"route {route}, writing {uri}")
             raise
         log.info("Route %s: wrote %d rows (%d bytes, %s) to %s", route, frame.height, size, checksum, uri)
@@ -230,6 +242,14 @@ class FilesWriter(dg.ConfigurableResource):
         else:
             answer = {"generation": info["generation"], "etag": info["etag"], "size": size}
         return size, checksum, answer
+
+    def _endpoint(self, scheme: str) -> tuple[str, str]:
+        """The store's endpoint as the client resolves it, and what sets it."""
+        field = "s3_endpoint_url" if scheme == "s3" else "gcs_endpoint_url"
+        if url := getattr(self, field):
+            return url, f"the resource's {field}"
+        variable, default = DEFAULT_ENDPOINTS[scheme]
+        return os.environ.get(variable) or default, variable
 
     def _filesystem(self, scheme: str) -> AbstractFileSystem:
         if scheme == "s3":
