@@ -131,6 +131,23 @@ def test_each_format_round_trips_through_each_store_and_a_rerun_writes_the_same_
     assert (again.uri, again.bytes, again.checksum) == (first.uri, first.bytes, first.checksum)
 
 
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_partition_that_lost_its_rows_replaces_the_object_with_an_empty_one(format, base_url):
+    url = base_url("s3")
+    deliver(accounts(), url, format)
+    empty = accounts().clear()
+
+    delivery = deliver(empty, url, format)
+
+    assert delivery.rows == 0
+    payload = read(delivery.uri)
+    assert len(payload) == delivery.bytes
+    if format == "jsonl":
+        assert payload == b""  # no line, and no header to carry a schema
+    else:
+        assert read_frame(payload, format, empty.schema).equals(empty)
+
+
 def test_a_versioned_bucket_keeps_each_delivery_as_a_version_of_the_same_bytes(storage):
     bucket = f"revenue-versioned-{secrets.token_hex(4)}"
     s3 = boto3.client("s3")
