@@ -43,7 +43,6 @@ import os
 import queue
 import re
 import secrets
-import select
 import subprocess
 import sys
 import threading
@@ -59,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt
 from google.oauth2 import service_account
 
+from revenue_pipelines.sandbox.emulator_process import end, first_line
 from revenue_pipelines.sandbox.server import Request, Response, Route, Service, json_response, oauth_error
 
 if TYPE_CHECKING:  # the clients take seconds to import, and most sandboxes have no BigQuery
@@ -69,7 +69,6 @@ PROJECT = "revenue-sandbox"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 START_TIMEOUT_SECONDS = 60.0  # a cold start after `make install` compiles local-bigquery's imports
-STOP_TIMEOUT_SECONDS = 10.0
 LOAD_THREADS = 3  # concurrent load jobs while seeding
 PENDING_LOADS = 4  # tables generated ahead of their loads (each a Parquet file in memory)
 
@@ -303,10 +302,10 @@ class BigQuery:
         # Generate the seed data (and import the client) while the child starts: it takes seconds.
         seeding = _Seeding(list(self._sources.values()))
         try:
-            ports = json.loads(_first_line(process.stdout, START_TIMEOUT_SECONDS))
+            ports = json.loads(first_line(process.stdout, START_TIMEOUT_SECONDS))
         except (TimeoutError, ValueError) as error:
             seeding.cancel()
-            _end(process)
+            end(process)
             raise RuntimeError(
                 f"the BigQuery emulator did not start: {error}\n{log_path.read_text()[-3000:]}"
             ) from None
@@ -323,7 +322,7 @@ class BigQuery:
 
     def stop(self) -> None:
         if self._emulator is not None:
-            _end(self._emulator.process)
+            end(self._emulator.process)
             self._emulator = None
 
     def _running(self) -> _Emulator:
@@ -424,24 +423,3 @@ def _load_table(client: bigquery.Client, source: SeedSource, table: str, parquet
     loaded = job.result().output_rows
     if loaded != rows:
         raise RuntimeError(f"{source.dataset}.{table}: loaded {loaded} rows of {rows}")
-
-
-def _first_line(stream: IO[str], timeout: float) -> str:
-    readable, _, _ = select.select([stream], [], [], timeout)
-    if not readable:
-        raise TimeoutError(f"no answer in {timeout:.0f} s")
-    line = stream.readline()
-    if not line:
-        raise ValueError("it exited")
-    return line
-
-
-def _end(process: subprocess.Popen[str]) -> None:
-    """Close its stdin, which it takes as the order to stop; kill it if it does not."""
-    process.stdin.close()
-    try:
-        process.wait(STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    process.stdout.close()

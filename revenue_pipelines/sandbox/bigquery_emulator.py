@@ -22,10 +22,8 @@ import argparse
 import functools
 import importlib.resources
 import json
-import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -39,11 +37,12 @@ from local_bigquery.grpc import read, server
 from local_bigquery.jobs import query
 from local_bigquery.settings import settings
 
+from revenue_pipelines.sandbox.emulator_process import exit_when_orphaned
+
 HOST = "127.0.0.1"
 RESPONSE_ROWS = 20_000
 # local-bigquery sets DuckDB's TimeZone (icu), keeps tables in DuckLake and defines GEOGRAPHY functions (spatial).
 EXTENSIONS = ("icu", "ducklake", "spatial")
-PARENT_POLL_SECONDS = 0.5
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project", required=True)
     parser.add_argument("--parent-pid", type=int, required=True, help="the sandbox's process: exit when it is gone")
     args = parser.parse_args(argv)
-    threading.Thread(target=_exit_when_orphaned, args=(args.parent_pid,), name="parent-watch", daemon=True).start()
+    exit_when_orphaned(args.parent_pid)
     link_extensions(Path.home() / ".duckdb" / "extensions")
     settings.data_dir = args.data_dir
     settings.default_project_id = args.project
@@ -73,13 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     rest.should_exit = True
     thread.join()
     storage.stop(grace=None)
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    """Exit at once when `parent` is no longer this process's parent (it died: the child was reparented)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)
 
 
 def _reporting_bytes_read(execute):
