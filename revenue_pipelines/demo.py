@@ -58,9 +58,13 @@ def main() -> int:
         dagster = str(Path(sys.executable).with_name("dagster"))  # the CLI of this environment
         command = [dagster, "job", "execute", "-m", "revenue_pipelines.definitions", "-j", JOB, "-c", IN_PROCESS]
         command += ["--tags", json.dumps(range_tags)]
+        # The example file route writes beside the data; the others' targets come from the sandbox.
+        folder = Path(get_environment().io_manager.base_dir) / "deliveries"
+        folder.mkdir(parents=True, exist_ok=True)  # a files route writes into a folder that exists
+        deliveries = {"ROUTES_FILES_URL": str(folder)}
         process = subprocess.Popen(  # noqa: S603 (our own CLI)
             command,
-            env={**os.environ, **sandbox.env()},
+            env={**os.environ, **sandbox.env(), **deliveries},
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -90,7 +94,7 @@ def main() -> int:
 def demo_sandbox(last_day: date) -> Sandbox:
     """The sandbox the demo reads (its ground truth is the same, started or not), with a little of
     the mess real portals hold, so the demo shows what the WARN checks report."""
-    return Sandbox(end_date=last_day, bigquery=True, mess=DEMO_MESS)
+    return Sandbox(end_date=last_day, bigquery=True, object_storage=True, mess=DEMO_MESS)
 
 
 def latest_digest(sandbox: Sandbox) -> str | None:

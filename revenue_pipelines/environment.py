@@ -46,6 +46,7 @@ from revenue_pipelines.defs.hubspot.resources import HubSpotResource
 from revenue_pipelines.defs.revenue.resources import BigQueryReferenceTables, CsvReferenceTables, ReferenceTables
 from revenue_pipelines.defs.salesforce.resources import SalesforceResource
 from revenue_pipelines.lib.bigquery import BigQueryWarehouse, BigQueryWindowIOManager
+from revenue_pipelines.lib.destinations.files import FilesWriter
 from revenue_pipelines.lib.destinations.hubspot import HubSpotWriteBack
 from revenue_pipelines.lib.destinations.postgres import PostgresDestinationWriter
 from revenue_pipelines.lib.destinations.slack import SlackRouteWriter
@@ -74,6 +75,7 @@ DEFAULT_ROUTES_PATH = Path(__file__).parent / "routes.yaml"
 ROUTE_SETTINGS = {
     "slack": "Slack is on: SLACK_BOT_TOKEN and SLACK_CHANNEL set, REVENUE_PIPELINES_SLACK not off",
     "postgres": "ROUTES_PG_HOST set, with ROUTES_PG_DB, ROUTES_PG_USERNAME, ROUTES_PG_PASSWORD (ROUTES_PG_PORT)",
+    "files": "nothing: local folders always; S3 and GCS with their clients' own credentials",
     "hubspot": "HUBSPOT_ACCESS_TOKEN (always available; the token needs crm.objects.<object>.write)",
     "webhook": f"{SECRETS_VARIABLE} set: route=whsec_... for each webhook route (and, in PROD, ROUTES_DEAD_LETTER_DIR)",
 }
@@ -109,6 +111,7 @@ class Environment:
     route_postgres: PostgresDestinationWriter | None = None
     route_webhook: WebhookResource | None = None
     route_hubspot: HubSpotWriteBack | None = None
+    route_files: FilesWriter | None = None
     """The writer of each destination kind (`route_<kind>`), None where the kind is not available."""
 
     def route_writer(self, kind: str) -> dg.ConfigurableResource | None:
@@ -272,6 +275,7 @@ def _resources(settings: _Settings) -> Environment:
         route_postgres=_route_postgres(settings),
         route_webhook=_route_webhook(settings, data_dir),
         route_hubspot=HubSpotWriteBack(hubspot=hubspot),
+        route_files=FilesWriter(),  # endpoints and credentials: the S3 and GCS clients' own variables
     )
 
 

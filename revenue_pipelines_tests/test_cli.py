@@ -78,8 +78,16 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
     chart = _line_of(lines, "Chart sent with it: ").removeprefix("Chart sent with it: ")
     # The project's example routes, each with where it delivered and its check.
     assert "Routes delivered:" in lines
-    for route in ("routes/slack/enterprise_accounts_digest", "routes/webhook/accounts_changes"):
+    for route in (
+        "routes/slack/enterprise_accounts_digest",
+        "routes/webhook/accounts_changes",
+        "routes/files/accounts_csv",
+        "routes/files/pipeline_export",
+    ):
         assert _line_of(lines, f"{route}: ").endswith("rows_delivered: passed")
+    assert _line_of(lines, "routes/files/pipeline_export: ").split("last to ")[1].startswith("s3://revenue-exports/")
+    csv_files = sorted((tmp_path / "data" / "deliveries" / "accounts_csv").glob("*.csv"))
+    assert len(csv_files) == 7
     assert (ROOT / chart).is_file()  # the demo runs in ROOT
 
     # What landed reconciles with the demo sandbox's ground truth.

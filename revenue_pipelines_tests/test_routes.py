@@ -73,7 +73,8 @@ def write(tmp_path: Path, text: str, name: str = "routes.yaml") -> Path:
 
 def test_the_projects_routes_file_is_valid():
     """With the settings the sandbox gives (production gives its own)."""
-    routes, problems = load_routes(DEFAULT_ROUTES_PATH, {"ROUTES_WEBHOOK_URL": "http://127.0.0.1:8000"})
+    settings = {"ROUTES_WEBHOOK_URL": "http://127.0.0.1:8000", "ROUTES_FILES_URL": "/srv/exports"}
+    routes, problems = load_routes(DEFAULT_ROUTES_PATH, {**settings, "ROUTES_EXPORT_URL": "s3://exports/marts"})
     assert problems == [] and routes
 
 

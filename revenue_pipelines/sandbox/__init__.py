@@ -50,6 +50,7 @@ from revenue_pipelines.sandbox.ga4 import GA4
 from revenue_pipelines.sandbox.ga4_export import GA4Export
 from revenue_pipelines.sandbox.hubspot import PORTAL_ID, HubSpot
 from revenue_pipelines.sandbox.mess import apply as apply_mess
+from revenue_pipelines.sandbox.object_storage import ObjectStorage
 from revenue_pipelines.sandbox.reference_data import ReferenceSeed
 from revenue_pipelines.sandbox.salesforce import Salesforce
 from revenue_pipelines.sandbox.server import ApiServer, LoggedRequest, RequestLog
@@ -69,6 +70,9 @@ __all__ = [
     "Sandbox",
     "Slack",
 ]
+
+
+EXPORT_BUCKET = "revenue-exports"
 
 
 class _Listeners(NamedTuple):
@@ -112,6 +116,10 @@ class Sandbox:
     `#revenue`, which the bot is in); it records every post, update and upload. `slack_rate_limit_per_minute`
     limits each method per token (Slack's tier 3 is about 50); off by default.
 
+    `object_storage=True` adds S3 and GCS emulators (`self.object_storage`, in about 2 s), each with the
+    bucket `revenue-exports`; `env()` then gives what the S3 and GCS clients read (AWS_ENDPOINT_URL,
+    STORAGE_EMULATOR_HOST, keys) and `ROUTES_EXPORT_URL` (`s3://revenue-exports/marts`).
+
     `self.webhook_sink` receives what routes of kind `webhook` send (`env()` gives `ROUTES_WEBHOOK_URL`
     and, as the secret of every route, `ROUTE_WEBHOOK_SECRETS`); it checks each batch's signature.
     """
@@ -134,6 +142,7 @@ class Sandbox:
         salesforce_port: int = 0,
         ga4_rows_per_day: int | None = None,
         bigquery: bool = False,
+        object_storage: bool = False,
         mess: float = 0.0,
         slack_rate_limit_per_minute: int | None = None,
     ):
@@ -167,6 +176,7 @@ class Sandbox:
         self.ga4 = GA4(seed=seed, days=days, end_date=end_date, rows_per_day=ga4_rows_per_day)
         self.slack = Slack(seed=seed, rate_limit_per_minute=slack_rate_limit_per_minute)
         self.bigquery = BigQuery(sources=self._bigquery_sources(seed)) if bigquery else None
+        self.object_storage = ObjectStorage(buckets=(EXPORT_BUCKET,)) if object_storage else None
         self._ca = trustme.CA()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
@@ -231,6 +241,11 @@ class Sandbox:
             "ROUTES_WEBHOOK_URL": self.webhook_sink.url,
             "ROUTE_WEBHOOK_SECRETS": f"*={self.webhook_sink.secret}",  # `*`: every route's secret
             **(self.bigquery.env() if self.bigquery else {}),
+            **(
+                {**self.object_storage.env(), "ROUTES_EXPORT_URL": f"s3://{EXPORT_BUCKET}/marts"}
+                if self.object_storage
+                else {}
+            ),
         }
 
     def start(self) -> Sandbox:
@@ -251,12 +266,14 @@ class Sandbox:
             hubspot.start()
             salesforce.start()
             sink.__enter__()
-            if self.bigquery:
-                try:
+            try:
+                if self.bigquery:
                     self.bigquery.start(files / "bigquery", token_uri=f"{hubspot.url}/token")
-                except BaseException:
-                    self.stop()
-                    raise
+                if self.object_storage:
+                    self.object_storage.start(files / "object-storage")
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
@@ -265,6 +282,8 @@ class Sandbox:
         if self._listeners is not None:
             if self.bigquery:
                 self.bigquery.stop()
+            if self.object_storage:
+                self.object_storage.stop()
             self._listeners.hubspot.stop()
             self._listeners.salesforce.stop()
             self._listeners.webhook_sink.__exit__(None, None, None)

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         salesforce_port=args.salesforce_port,
         ga4_rows_per_day=args.ga4_rows_per_day,
         bigquery=not args.no_bigquery,
+        object_storage=not args.no_object_storage,
         mess=args.mess,
     )
     command = getattr(args, "cmd", [])
@@ -77,6 +78,9 @@ def _add_sandbox_options(parser: argparse.ArgumentParser, default_port: int, def
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument(
         "--no-bigquery", action="store_true", help="skip BigQuery's emulator, which takes seconds to start"
+    )
+    parser.add_argument(
+        "--no-object-storage", action="store_true", help="skip the S3 and GCS emulators the file routes write to"
     )
     parser.add_argument(
         "--webhooks-to",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from revenue_pipelines.defs.revenue.marts import ACCOUNT_RECORDS_KEY, ACCOUNTS_KEY, PIPELINE_KEY
 from revenue_pipelines.defs.revenue.metrics import ATTRIBUTION_KEY, METRICS_KEY
 from revenue_pipelines.lib.config_files import ConfigProblem, load_items
+from revenue_pipelines.lib.destinations.files import FilesDestination
 from revenue_pipelines.lib.destinations.hubspot import HubSpotDestination
 from revenue_pipelines.lib.destinations.postgres import PostgresDestination
 from revenue_pipelines.lib.destinations.slack import SlackDestination
@@ -34,7 +35,8 @@ ROUTE_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 LIST_KEY = "routes"
 
 Destination = Annotated[
-    SlackDestination | WebhookDestination | PostgresDestination | HubSpotDestination, Field(discriminator="kind")
+    SlackDestination | WebhookDestination | FilesDestination | PostgresDestination | HubSpotDestination,
+    Field(discriminator="kind"),
 ]
 
 
