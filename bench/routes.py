@@ -9,6 +9,8 @@ PostgreSQL at least 100,000 rows/s, webhooks at least 20,000 rows/s to a local r
 1,000), peak RSS at most twice the frame.
 
 - parquet: `polars.DataFrame.write_parquet` to a temporary folder.
+- s3: `FilesWriter`, Parquet into the sandbox's S3 (moto, in a process of its own); the client is made
+  before the clock starts, as in a long-lived worker.
 - postgres: `PostgresDestinationWriter` into a throwaway PostgreSQL cluster (first delivery: all inserts).
 - webhook: `WebhookResource` to the sandbox's signature-checking sink (in a process of its own),
   batches of 1,000.
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -124,11 +127,25 @@ def _serve_sink() -> None:
         sys.stdin.read()
 
 
+@contextlib.contextmanager
+def _s3(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
+    """Parquet into the sandbox's S3 (moto, in a process of its own), the client made before the clock."""
+    from revenue_pipelines.lib.destinations.files import FilesDestination, FilesWriter
+    from revenue_pipelines.sandbox.object_storage import ObjectStorage
+
+    with ObjectStorage(buckets=("revenue-exports",)) as storage:
+        os.environ.update(storage.env())  # what the S3 client reads, as in a run
+        writer = FilesWriter()
+        destination = FilesDestination(kind="files", url="s3://revenue-exports/marts", format="parquet")
+        _confirmed(mart(10), writer.deliver(mart(10), destination, **DELIVERY))  # the client, made once
+        yield lambda frame: _confirmed(frame, writer.deliver(frame, destination, **DELIVERY))
+
+
 def _confirmed(frame: pl.DataFrame, delivery) -> None:
     assert delivery.rows == frame.height and not delivery.dead_letters, delivery
 
 
-DESTINATIONS = {"parquet": _parquet, "postgres": _postgres, "webhook": _webhook}
+DESTINATIONS = {"parquet": _parquet, "s3": _s3, "postgres": _postgres, "webhook": _webhook}
 DELIVERY = {"route": "bench", "partition_key": "2026-11-20", "log": LOG}
 
 
