@@ -82,7 +82,7 @@ def _parquet(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
 @contextlib.contextmanager
 def _postgres(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
     from revenue_pipelines.lib.destinations.postgres import PostgresDestination, PostgresDestinationWriter
-    from revenue_pipelines_tests.postgres_server import throwaway_cluster
+    from revenue_pipelines.sandbox.postgres import throwaway_cluster
 
     with throwaway_cluster() as settings:
         writer = PostgresDestinationWriter(

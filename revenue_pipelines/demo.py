@@ -7,12 +7,14 @@ where, and the Slack digest the sandbox's channel got (its chart is kept under t
 exits non-zero if anything failed. The run stays in the local instance, so `make dev` shows it afterwards.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from revenue_pipelines.defs.slack.assets import DIGEST_KEY
 from revenue_pipelines.environment import get_environment
 from revenue_pipelines.lib.processes import die_with_this_process
 from revenue_pipelines.lib.slack import DIGEST_EVENT
-from revenue_pipelines.sandbox import Sandbox
+from revenue_pipelines.sandbox import Sandbox, postgres
 
 JOB = "daily_revenue_job"
 DAYS = 7
@@ -49,7 +51,11 @@ def main() -> int:
     }
     instance = dg.DagsterInstance.get()
     previous = _latest_run_id(instance)
-    with demo_sandbox(last_day) as sandbox, tempfile.TemporaryFile("w+") as output:
+    with (
+        demo_sandbox(last_day) as sandbox,
+        routes_database() as database,
+        tempfile.TemporaryFile("w+") as output,
+    ):
         print(
             f"Sandbox serving HubSpot and GA4 at {sandbox.url}, Salesforce at {sandbox.salesforce_url}, "
             f"BigQuery at {sandbox.bigquery.endpoint}; running {JOB} for {first_day}..{last_day} in one run.",
@@ -64,7 +70,7 @@ def main() -> int:
         deliveries = {"ROUTES_FILES_URL": str(folder)}
         process = subprocess.Popen(  # noqa: S603 (our own CLI)
             command,
-            env={**os.environ, **sandbox.env(), **deliveries},
+            env={**os.environ, **sandbox.env(), **deliveries, **database},
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -95,6 +101,18 @@ def demo_sandbox(last_day: date) -> Sandbox:
     """The sandbox the demo reads (its ground truth is the same, started or not), with a little of
     the mess real portals hold, so the demo shows what the WARN checks report."""
     return Sandbox(end_date=last_day, bigquery=True, object_storage=True, mess=DEMO_MESS)
+
+
+@contextlib.contextmanager
+def routes_database() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL for the example PostgreSQL route (its ROUTES_PG_* settings), where
+    PostgreSQL is installed; else nothing, and that route is left out with a warning."""
+    if not postgres.available():
+        print("PostgreSQL is not installed here: the example PostgreSQL route is left out.", flush=True)
+        yield {}
+        return
+    with postgres.throwaway_cluster() as settings:
+        yield {name.replace("DAGSTER_PG_", "ROUTES_PG_"): value for name, value in settings.items()}
 
 
 def latest_digest(sandbox: Sandbox) -> str | None:

@@ -83,6 +83,8 @@ def test_the_demo_runs_the_main_job_with_dagster_job_execute_showing_progress_an
         "routes/webhook/accounts_changes",
         "routes/files/accounts_csv",
         "routes/files/pipeline_export",
+        "routes/files/daily_metrics_parquet",
+        "routes/postgres/pipeline_table",  # PostgreSQL is installed where the tests run
     ):
         assert _line_of(lines, f"{route}: ").endswith("rows_delivered: passed")
     assert _line_of(lines, "routes/files/pipeline_export: ").split("last to ")[1].startswith("s3://revenue-exports/")
