@@ -32,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from revenue_pipelines.lib.processes import die_with_this_process
+from revenue_pipelines.lib.processes import dying_with_this_process
 
 ROWS = 1_000_000
 LOG = logging.getLogger("bench.routes")
@@ -102,11 +102,10 @@ def _webhook(folder: Path) -> Iterator[Callable[[pl.DataFrame], None]]:
     from revenue_pipelines.lib.destinations.webhook import WebhookDestination, WebhookResource
 
     sink = subprocess.Popen(
-        [sys.executable, "-m", "bench.routes", "--serve-sink"],
+        dying_with_this_process([sys.executable, "-m", "bench.routes", "--serve-sink"]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=die_with_this_process(),
     )
     try:
         url, secret = sink.stdout.readline().split()

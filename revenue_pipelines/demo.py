@@ -22,7 +22,7 @@ import dagster as dg
 
 from revenue_pipelines.defs.slack.assets import DIGEST_KEY
 from revenue_pipelines.environment import get_environment
-from revenue_pipelines.lib.processes import die_with_this_process
+from revenue_pipelines.lib.processes import dying_with_this_process
 from revenue_pipelines.lib.slack import DIGEST_EVENT
 from revenue_pipelines.sandbox import Sandbox, postgres
 
@@ -69,12 +69,11 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)  # a files route writes into a folder that exists
         deliveries = {"ROUTES_FILES_URL": str(folder)}
         process = subprocess.Popen(  # noqa: S603 (our own CLI)
-            command,
+            dying_with_this_process(command),  # a demo stopped with Ctrl-C or kill leaves no run behind
             env={**os.environ, **sandbox.env(), **deliveries, **database},
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=die_with_this_process(),  # a demo stopped with Ctrl-C or kill leaves no run behind
         )
         run_id = follow(instance, process, previous)
         output.seek(0)

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from revenue_pipelines.lib.processes import die_with_this_process
+from revenue_pipelines.lib.processes import dying_with_this_process
 
 
 def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, **options) -> subprocess.Popen:
@@ -19,13 +19,12 @@ def spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path, **opti
     process; `options` go to Popen (a `cwd`)."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            list(command),
+            dying_with_this_process(command),
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=die_with_this_process(),
             **options,
         )
 

@@ -12,9 +12,10 @@ import psycopg2
 import pytest
 
 from revenue_pipelines.definitions import defs
-from revenue_pipelines.defs.routes.assets import ROWS_DELIVERED, route_asset, select_rows
+from revenue_pipelines.defs.routes.assets import ROWS_DELIVERED, delivered_check, route_asset, select_rows
 from revenue_pipelines.defs.routes.rules import load_routes, schema_text
 from revenue_pipelines.environment import DEFAULT_ROUTES_PATH, get_environment
+from revenue_pipelines.lib.destinations import Delivery
 from revenue_pipelines.lib.destinations.slack import ROUTE_EVENT
 from revenue_pipelines.lib.partitions import PARTITION_COLUMN
 from revenue_pipelines.sandbox.webhook_sink import WebhookSink
@@ -137,6 +138,20 @@ def test_a_folder_of_files_is_read_in_name_order(tmp_path):
     )
     routes, problems = load_routes(tmp_path)
     assert problems == [] and [route.name for route in routes] == ["all_accounts", "enterprise"]
+
+
+def test_the_check_fails_on_rows_short_or_batches_in_the_dead_letter_store():
+    def confirmed(rows: int, dead: tuple[str, ...] = ()) -> Delivery:
+        return Delivery(uri="https://hooks.example.com/x", rows=rows, bytes=1, checksum="sha256:0", dead_letters=dead)
+
+    assert delivered_check(
+        {"2026-11-19": 3, "2026-11-20": 2}, {"2026-11-19": confirmed(3), "2026-11-20": confirmed(2)}
+    ).passed
+    short = delivered_check({"2026-11-20": 5}, {"2026-11-20": confirmed(3)})
+    assert not short.passed and short.description == "2026-11-20: 5 selected, 3 confirmed"
+    dead = delivered_check({"2026-11-20": 5}, {"2026-11-20": confirmed(0, ("dead/msg_1.json", "dead/msg_2.json"))})
+    assert not dead.passed and "2 batch(es) in the dead-letter store: dead/msg_1.json" in dead.description
+    assert dead.metadata["dead_letters"].value == 2
 
 
 def test_the_json_schema_in_docs_is_current():

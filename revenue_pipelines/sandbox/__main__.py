@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import date
 
-from revenue_pipelines.lib.processes import die_with_this_process
+from revenue_pipelines.lib.processes import dying_with_this_process
 from revenue_pipelines.sandbox import Sandbox
 
 GROUP_GRACE_SECONDS = 5.0
@@ -140,10 +140,9 @@ def _run(sandbox: Sandbox, command: list[str]) -> int:
             signal.signal(signum, lambda signum, _: _signal_group(group[0], signum) if group else held.append(signum))
         try:
             child = subprocess.Popen(  # noqa: S603 - the user's own command
-                command,
+                dying_with_this_process(command),
                 env={**os.environ, **sandbox.env()},
                 process_group=0,
-                preexec_fn=die_with_this_process(),
             )
         except OSError as error:
             print(f"cannot run {command[0]!r}: {error}", file=sys.stderr)

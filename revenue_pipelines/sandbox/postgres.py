@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg2
 
-from revenue_pipelines.lib.processes import die_with_this_process
+from revenue_pipelines.lib.processes import dying_with_this_process
 
 START_TIMEOUT_SECONDS = 60
 
@@ -56,12 +56,11 @@ def throwaway_cluster() -> Iterator[dict[str, str]]:
     server_command = [bindir / "postgres", "-D", data, "-p", port, "-k", root, "-c", "listen_addresses=127.0.0.1"]
     with (root / "server.log").open("wb") as log:
         server = subprocess.Popen(  # noqa: S603 (PostgreSQL's own server)
-            [*as_server_user, *map(str, server_command)],
+            dying_with_this_process([*as_server_user, *map(str, server_command)]),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=die_with_this_process(),
         )
     settings = {
         "DAGSTER_PG_HOST": "127.0.0.1",
