@@ -202,8 +202,12 @@ def _column_types(frame: pl.DataFrame, destination: PostgresDestination) -> dict
         raise _refusal(f"Key columns {missing} of {table} are not among the rows' columns {frame.columns}.")
     if nulls := {column: count for column in destination.key if (count := frame[column].null_count())}:
         raise _refusal(f"Key columns of {table} are null in some rows (rows per column: {nulls}).")
-    duplicates = frame.group_by(destination.key, maintain_order=True).len().filter(pl.col("len") > 1)
-    if duplicates.height:
+    # Distinct key hashes cost a few MB where grouping by the keys costs their size again, so the
+    # keys are grouped only when two hashes are equal: to tell a collision from a duplicate, and name one.
+    if (
+        frame.select(destination.key).hash_rows().n_unique() < frame.height
+        and (duplicates := frame.group_by(destination.key, maintain_order=True).len().filter(pl.col("len") > 1)).height
+    ):
         example = duplicates.row(0, named=True)
         raise _refusal(
             f"{duplicates.height} keys appear more than once in the rows for {table} "
