@@ -86,8 +86,6 @@ def main() -> int:
         return 1
     print()
     print(summary(instance, run_id))
-    if deliveries := route_lines(instance, run_id):
-        print("\nRoutes delivered:\n" + deliveries)
     if posted:
         print(f"\n{posted}")
     print(f"\nRun {run_id}: {instance.get_run_by_id(run_id).status.value}. Browse it with `make dev`.")
@@ -182,7 +180,8 @@ def _verdict(evaluation: dg.AssetCheckEvaluation) -> str:
 
 
 def summary(instance: dg.DagsterInstance, run_id: str) -> str:
-    """One line per asset of the run: rows, quarantined rows, checks and where the output is."""
+    """One line per asset of the run: rows, quarantined rows, checks and where the output is; then
+    the checks that did not pass, and one line per route: rows delivered, where, its check."""
     assets: dict[str, dict[str, object]] = {}
     for record in instance.get_records_for_run(run_id).records:
         event = record.event_log_entry.dagster_event
@@ -199,6 +198,8 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
                     row[name] = int(row.get(name, 0)) + metadata[name].value
             if "path" in metadata:
                 row["path"] = metadata["path"].value
+            if "destination" in metadata:  # a route; a range run repeats the run's totals per day
+                row["delivered"] = (metadata["rows_delivered"].value, metadata["destination"].value)
             # A state or mart counts what it holds as of the last day, under its own name.
             held = next((name for name in ("records", "deals", "accounts") if name in metadata), None)
             if held:
@@ -232,31 +233,15 @@ def summary(instance: dg.DagsterInstance, run_id: str) -> str:
         for name, (verdict, description) in assets[key]["checks"].items()
         if verdict != "passed"
     ]
-    return "\n".join([*table, *([""] if notes else []), *notes])
-
-
-def route_lines(instance: dg.DagsterInstance, run_id: str) -> str:
-    """One line per route the run delivered: rows, where, and what its check said."""
-    routes: dict[str, dict[str, object]] = {}
-    for record in instance.get_records_for_run(run_id).records:
-        event = record.event_log_entry.dagster_event
-        if event is None:
-            continue
-        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            materialization = event.step_materialization_data.materialization
-            if materialization.asset_key.path[0] == "routes":  # a range run repeats the run's metadata per day
-                metadata = materialization.metadata
-                routes.setdefault(materialization.asset_key.to_user_string(), {}).update(
-                    rows=metadata["rows_delivered"].value, destination=metadata["destination"].value
-                )
-        elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            evaluation = event.event_specific_data
-            if evaluation.asset_key.path[0] == "routes":
-                routes.setdefault(evaluation.asset_key.to_user_string(), {})["check"] = _verdict(evaluation)
+    routes = [
+        f"{key}: {rows:,} rows, last to {destination}; "
+        + ", ".join(f"{name}: {verdict}" for name, (verdict, _) in assets[key]["checks"].items())
+        for key in sorted(assets)
+        if "delivered" in assets[key]
+        for rows, destination in [assets[key]["delivered"]]
+    ]
     return "\n".join(
-        f"{key}: {route.get('rows', 0):,} rows, last to {route.get('destination', '-')}; "
-        f"rows_delivered: {route.get('check', 'not run')}"
-        for key, route in sorted(routes.items())
+        [*table, *([""] if notes else []), *notes, *(["", "Routes delivered:", *routes] if routes else [])]
     )
 
 

@@ -312,14 +312,7 @@ def test_the_receiver_refuses_to_start_without_its_secrets_naming_all_of_them(tm
         RECEIVER_QUEUE_PATH=None,
         RECEIVER_WEBHOOK_SECRETS="billing=whsec_c2hvcnQ=,erp",
     )
-    finished = subprocess.run(
-        [sys.executable, "-m", "revenue_pipelines.receiver"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    finished = run_receiver_to_its_end(env)
     assert finished.returncode == 2
     message = finished.stderr
     for name in (
@@ -376,14 +369,7 @@ def test_a_receiver_given_dagster_pg_settings_queues_in_postgresql_and_never_log
 
 def test_a_receiver_that_cannot_open_its_postgresql_says_so_without_the_password(postgres):
     env = receiver_env(None, **{**postgres, "DAGSTER_PG_PASSWORD": "not-the-password"})
-    finished = subprocess.run(
-        [sys.executable, "-m", "revenue_pipelines.receiver"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    finished = run_receiver_to_its_end(env)
     assert finished.returncode == 2
     assert f"cannot open the queue at postgresql+psycopg2://dagster:***@127.0.0.1:{postgres['DAGSTER_PG_PORT']}/" in (
         finished.stderr
@@ -481,3 +467,15 @@ def test_markers_by_prefix_and_remarking_with_the_runs_id(url):
         assert queue.markers("crm-changes-") == {}
         assert queue.markers("run-id") == {"run-id": [1, 2]}
         assert queue.depth() == 1
+
+
+def run_receiver_to_its_end(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The receiver, in the foreground, for a start that is meant to fail: its status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "revenue_pipelines.receiver"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

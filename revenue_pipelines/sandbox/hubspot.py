@@ -508,16 +508,7 @@ class HubSpot(Service):
     def _read_associations(self, request: Request) -> Response:
         from_type = _requested_type(request.params["from_type"])
         to_type = _requested_type(request.params["to_type"])
-        body = request.json()
-        inputs = body.get("inputs") if isinstance(body, dict) else None
-        if not isinstance(inputs, list):
-            raise ApiError(400, "Expected a body with an 'inputs' list.", "VALIDATION_ERROR")
-        if len(inputs) > BATCH_READ_MAX_INPUTS:
-            raise ApiError(
-                400,
-                f"Batch input size {len(inputs)} exceeds the maximum of {BATCH_READ_MAX_INPUTS}.",
-                "VALIDATION_ERROR",
-            )
+        inputs = _batch_inputs(request.json(), BATCH_READ_MAX_INPUTS)
         started_at = _now()
         paging = self._association_paging
         first_pages = self._encoded_links(from_type, to_type, paging)
@@ -659,15 +650,16 @@ def _required_scopes(request: Request) -> set[str]:
     return {f"crm.{kind}.{name}.{access}" for name in types}
 
 
-def _batch_inputs(body: Any) -> list[dict[str, Any]]:
-    """A v3 object batch's `inputs`: a list of at most OBJECT_BATCH_MAX_INPUTS objects."""
+def _batch_inputs(body: Any, maximum: int = OBJECT_BATCH_MAX_INPUTS) -> list[dict[str, Any]]:
+    """A batch's `inputs`: a list of at most `maximum` objects (100 for v3 objects, 1,000 for v4
+    associations)."""
     inputs = body.get("inputs") if isinstance(body, dict) else None
     if not isinstance(inputs, list) or not all(isinstance(item, dict) for item in inputs):
         raise ApiError(400, "Expected a body with an 'inputs' list of objects.", "VALIDATION_ERROR")
-    if len(inputs) > OBJECT_BATCH_MAX_INPUTS:
+    if len(inputs) > maximum:
         raise ApiError(
             400,
-            f"Batch input size {len(inputs)} exceeds the maximum of {OBJECT_BATCH_MAX_INPUTS}.",
+            f"Batch input size {len(inputs)} exceeds the maximum of {maximum}.",
             "VALIDATION_ERROR",
         )
     return inputs
