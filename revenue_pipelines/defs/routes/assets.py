@@ -20,9 +20,6 @@ from revenue_pipelines.lib.raw_assets import OWNERS
 
 ROWS_DELIVERED = "rows_delivered"
 DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
-CURRENT_VALUE_KINDS = {"hubspot"}
-"""Destinations that hold one current value per record, not a history: a range run delivers only its
-last day, since writing each day in turn would end where the last day does, after needless writes."""
 RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
@@ -75,8 +72,13 @@ def route_asset(route: Route) -> dg.AssetsDefinition:
         selected_rows: dict[str, int] = {}
         deliveries: dict[str, Delivery] = {}
         keys = context.partition_keys
-        for partition_key in keys[-1:] if route.kind in CURRENT_VALUE_KINDS else keys:
-            frame = select_rows(rows, route, date.fromisoformat(partition_key))
+        # A destination that keeps one current value per record (`current_values_only`) gets a range's
+        # last day: writing each day in turn would end there anyway, after needless writes.
+        if getattr(route.destination, "current_values_only", False):
+            keys = keys[-1:]
+        read_once = rows.collect().lazy()  # each day's selection filters this, not the files again
+        for partition_key in keys:
+            frame = select_rows(read_once, route, date.fromisoformat(partition_key))
             selected_rows[partition_key] = frame.height
             deliveries[partition_key] = writer.deliver(
                 frame, route.destination, route=route.name, partition_key=partition_key, log=context.log

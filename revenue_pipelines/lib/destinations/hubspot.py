@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -40,6 +40,8 @@ class HubSpotDestination(BaseModel):
     """A route's `destination:` block for HubSpot write-back."""
 
     model_config = ConfigDict(extra="forbid")
+    current_values_only: ClassVar[bool] = True
+    """A property holds one value, not a history: a route's range run writes only its last day."""
 
     kind: Literal["hubspot"] = Field(description="HubSpot write-back: mart columns into CRM record properties.")
     object: Literal["companies", "contacts", "deals"] = Field(
